@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -90,9 +89,11 @@ def _torch_load(file: str, trust: bool):
                 "states), refused by the safe loader; if you trust this file, add "
                 "--trust-checkpoint (load_checkpoint_state(..., trust=True))") from None
         first_error = exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"{file}: not a readable checkpoint (truncated or corrupt?): "
-                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever a broken file raises, report it in one line
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"{file}: not a readable checkpoint (truncated or corrupt?) "
+                              f"[{type(exc).__name__}{': ' + detail if detail else ''}]; "
+                              "point --load at a checkpoint folder or .pt file") from None
     try:
         return torch.load(file, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file here
