@@ -15,7 +15,7 @@ TOL = dict(atol=1e-4, rtol=1e-4)
 def incremental_logits(model, tokens, position_ids, step_bounds, use_cache: bool):
     """Feed the tokens chunk by chunk as filling_sequence does (mems or KV cache)."""
     mems, cache, chunks = [], (model.new_kv_cache() if use_cache else None), []
-    causal = torch.ones(1, 1, int(step_bounds[0][1]), int(step_bounds[0][1])).tril_()
+    causal = torch.ones(1, 1, int(step_bounds[0][1]), int(step_bounds[0][1]), device=tokens.device).tril_()
     for i, (start, end) in enumerate(step_bounds.tolist()):
         mask = causal if i == 0 else 0
         ids, pos = tokens[:, start:end], position_ids[:, start:end]
@@ -109,3 +109,14 @@ def test_loss_with_txt_loss_scale(data):
     # and equals the library cross entropy for a single model-parallel rank
     torch.testing.assert_close(losses, torch.nn.functional.cross_entropy(
         logits.float().transpose(1, 2), labels, reduction="none"), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("use_cache", [False, True], ids=["mems", "kv-cache"])
+@torch.no_grad()
+def test_every_device_one_code_path(data, device, use_cache):
+    _, inp, exp = data
+    model = build_fixture_model().to(device)
+    logits, _ = incremental_logits(model, inp["tokens"].to(device), inp["position_ids"].to(device),
+                                   inp["step_bounds"], use_cache)
+    torch.testing.assert_close(logits.cpu(), exp["steps_logits"], **TOL)
