@@ -1,0 +1,67 @@
+"""Super-resolution by overlapping windows (the original's ``magnify``), any grid size.
+
+The low-resolution s x s code grid becomes a 2s x 2s grid, generated window by
+window: each window sees the text prefix and a ``window`` x ``window`` block of
+low-resolution codes and fills a 2*window-wide block of high-resolution codes,
+keeping the cells earlier windows produced.  For s = 32 (the released model)
+this is exactly the original's nine windows, order and row counts.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Sequence, Tuple
+
+import torch
+
+Window = Tuple[int, int, int]  # (window row, window column, high-res rows to generate)
+
+
+def magnify_windows(grid: int, window: int = 16, stride: int = 8) -> List[Window]:
+    """Windows in generation order: first row left to right, each middle row from its
+    middle column outwards, the last row left to right (the original's order for 3x3)."""
+    if grid < window or (grid - window) % stride != 0:
+        raise ValueError(f"cannot tile a {grid}x{grid} code grid with {window}x{window} windows "
+                         f"every {stride} codes")
+    n = (grid - window) // stride + 1
+    hi_window, hi_stride = 2 * window, 2 * stride
+    order: List[Tuple[int, int]] = []
+    for i in range(n):
+        cols = list(range(n))
+        if 0 < i < n - 1:
+            middle = n // 2
+            cols = [middle] + [j for j in cols if j != middle]
+        order.extend((i, j) for j in cols)
+    windows = []
+    for k, (i, j) in enumerate(order):
+        if i == n - 1:
+            rows = hi_window
+        elif k == 0:
+            rows = hi_stride + 2
+        else:
+            rows = hi_window - 2
+        windows.append((i, j, rows))
+    return windows
+
+
+def magnify(low_res_code: torch.Tensor, text_prefix: Sequence[int], fill: Callable[[List[int]], torch.Tensor],
+            tokens: dict, window: int = 16, stride: int = 8) -> torch.Tensor:
+    """Magnify ``low_res_code`` ([s*s] or [s, s]) to [1, (2s)^2] codes.
+
+    ``text_prefix`` is ``[ROI1] text [BASE] [BOI1]``; ``fill(seq)`` fills the -1s of
+    one window's sequence and returns [1, len(seq)] ids; ``tokens`` maps command
+    names to ids.
+    """
+    code = torch.as_tensor(low_res_code).reshape(-1)
+    s = int(round(code.numel() ** 0.5))
+    if s * s != code.numel():
+        raise ValueError(f"low-resolution code of {code.numel()} tokens is not a square grid")
+    grid = code.view(s, s)
+    hi = torch.full((2 * s, 2 * s), -1, dtype=torch.long)
+    middle = [tokens["[EOI1]"], tokens["[ROI2]"], tokens["[POS0]"], tokens["[BASE]"], tokens["[BOI2]"]]
+    for i, j, rows in magnify_windows(s, window, stride):
+        low = grid[i * stride:i * stride + window, j * stride:j * stride + window].reshape(-1)
+        r0, c0 = 2 * stride * i, 2 * stride * j
+        target = hi[r0:r0 + rows, c0:c0 + 2 * window]
+        seq = list(text_prefix) + low.tolist() + middle + target.reshape(-1).tolist()
+        filled = torch.as_tensor(fill(seq))[0, -target.numel():].view(rows, 2 * window)
+        hi[r0:r0 + rows, c0:c0 + 2 * window] = filled
+    return hi.view(1, -1)

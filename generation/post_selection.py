@@ -1,0 +1,31 @@
+"""Post-selection: rank images by the caption model's likelihood of the text."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def inverse_prompt_score(model, seq: torch.Tensor, roi1_id: int, num_image_tokens: int) -> torch.Tensor:
+    """log p(text | image) for rows ``[BASE] [BOI1] codes [EOI1] [ROI1] text``.
+
+    The [ROI1] position is found in each row (the original hard-coded 1027, the
+    position for 32x32 codes). Image ids are excluded from the normalisation, as
+    in the original; higher is better.
+    """
+    seq = torch.as_tensor(seq)
+    n, length = seq.shape
+    is_roi1 = seq == roi1_id
+    if not bool(is_roi1.any(dim=1).all()):
+        raise ValueError("every row must contain [ROI1] before the text to score")
+    start = is_roi1.float().argmax(dim=1)  # first [ROI1] of each row
+    mask = torch.ones(1, 1, length, length, device=seq.device).tril_()
+    pos = torch.arange(length, device=seq.device).expand(n, -1)
+    logits, *_ = model(seq, pos, mask)
+    logits = logits.float()
+    logits[..., :num_image_tokens] = -float("inf")
+    log_probs = F.log_softmax(logits, dim=-1)
+    next_lp = log_probs[:, :-1].gather(2, seq[:, 1:, None]).squeeze(2)  # [n, L-1]
+    index = torch.arange(length - 1, device=seq.device)
+    scored = index[None, :] >= start[:, None]
+    return torch.where(scored, next_lp, torch.zeros_like(next_lp)).sum(dim=1)

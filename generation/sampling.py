@@ -1,0 +1,232 @@
+"""The sampler (the original's ``filling_sequence``) on top of the KV cache.
+
+A query is a list of ids where -1 marks a token to generate.  Leading known ids
+are the prompt; later known ids are "provided" and are fed to the model as they
+are.  Which ids may be sampled depends on the mode set by the last [BOI*] /
+[EOI*] token: image codes only inside an image, text and command tokens
+elsewhere, text only after an [EOI*].
+
+Fixed quirks of the original: command tokens and the vocabulary's padding rows
+are never sampled where they cannot belong; top-p works for any batch size;
+provided tokens after sampled ones no longer collapse the batch to one sample;
+the [ROI2] position offset is tracked per row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+NO_ROI2 = 100000
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.0
+
+
+@dataclass
+class TokenLayout:
+    """Where image, text and command ids live in the unified vocabulary."""
+
+    num_image_tokens: int
+    num_text_tokens: int
+    command_tokens: dict  # name -> id
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> "TokenLayout":
+        return cls(tokenizer.num_image_tokens, tokenizer.num_text_tokens, dict(tokenizer.command_tokens))
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_image_tokens + self.num_text_tokens + len(self.command_tokens)
+
+    def id(self, name: str) -> int:
+        return self.command_tokens[name]
+
+
+def top_k_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0,
+                 filter_value: float = -float("inf")) -> torch.Tensor:
+    """Keep logits >= the k-th largest (ties kept) and/or the nucleus of mass top_p.
+
+    Works row by row on [batch, vocab] (the original's top-p only handled one row).
+    """
+    logits = logits.clone()
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, filter_value)
+    if top_p > 0.0:
+        sorted_logits, sorted_indices = torch.sort(logits, descending=True, dim=-1)
+        cumulative = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1)
+        remove = cumulative > top_p
+        remove[..., 1:] = remove[..., :-1].clone()
+        remove[..., 0] = False
+        remove = remove.scatter(-1, sorted_indices, remove)
+        logits = logits.masked_fill(remove, filter_value)
+    return logits
+
+
+class _Modes:
+    """Per-mode boolean masks of forbidden ids over the (padded) vocabulary."""
+
+    def __init__(self, layout: TokenLayout, vocab_size: int, device: torch.device):
+        i, t = layout.num_image_tokens, layout.num_text_tokens
+        ids = torch.arange(vocab_size, device=device)
+        padding = ids >= layout.num_tokens
+        self.text = (ids < i) | padding                 # text + command tokens
+        self.image = ids >= i                            # image codes only
+        self.text_only = (ids < i) | (ids >= i + t)      # after an image: plain text
+        self.boi = {layout.id(n) for n in ("[BOI1]", "[BOI2]", "[BOI3]") if n in layout.command_tokens}
+        self.eoi = {layout.id(n) for n in ("[EOI1]", "[EOI2]", "[EOI3]") if n in layout.command_tokens}
+
+    def update(self, mode: torch.Tensor, token: int) -> torch.Tensor:
+        return self.image if token in self.boi else (self.text_only if token in self.eoi else mode)
+
+
+def _positions(start: int, end: int, roi2_offset: torch.Tensor) -> torch.Tensor:
+    """Position ids of [start, end) per row with the generation [ROI2] rule."""
+    pos = torch.arange(start, end, device=roi2_offset.device).expand(roi2_offset.size(0), -1)
+    return torch.where(pos > roi2_offset[:, None], pos - roi2_offset[:, None], pos)
+
+
+def _sample(logits: torch.Tensor, forbidden: torch.Tensor, config: SamplingConfig,
+            generator: Optional[torch.Generator]):
+    """One token per row; returns (ids, log-probabilities of the picks)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / config.temperature
+    logits = logits.masked_fill(forbidden, -float("inf"))
+    logits = top_k_logits(logits, config.top_k, config.top_p)
+    log_probs = F.log_softmax(logits, dim=-1)
+    picked = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(1)
+    return picked, log_probs.gather(1, picked[:, None]).squeeze(1)
+
+
+class _Runner:
+    """Feeds tokens to the model by one of three algorithms with the same results.
+
+    kv-cache: keys/values kept (ours, default); mems: the original's hidden-state
+    memories (every key/value recomputed each step); full: the whole sequence
+    recomputed each step (the plain reference).
+    """
+
+    def __init__(self, model, mode: str):
+        if mode not in ("kv-cache", "mems", "full"):
+            raise ValueError(f"unknown sampler {mode!r}: use kv-cache, mems or full")
+        self.model, self.mode = model, mode
+        self.cache = model.new_kv_cache() if mode == "kv-cache" else None
+        self.mems: List[torch.Tensor] = []
+        self.fed = 0
+
+    def feed(self, tokens: torch.Tensor, end: int, roi2_offset: torch.Tensor) -> torch.Tensor:
+        """Run the model so that it has seen tokens[:, :end]; return the last logits."""
+        device = tokens.device
+        start = 0 if self.mode == "full" else self.fed
+        ids = tokens[:, start:end]
+        pos = _positions(start, end, roi2_offset)
+        if start == 0:
+            mask = torch.ones(1, 1, end, end, device=device).tril_()
+        else:
+            mask = 0
+        if self.mode == "kv-cache":
+            logits, *_ = self.model(ids, pos, mask, kv_cache=self.cache)
+        elif self.mode == "mems":
+            logits, *self.mems = self.model(ids, pos, mask, None, None, 0, *self.mems)
+        else:
+            logits, *_ = self.model(ids, pos, mask)
+        self.fed = end
+        return logits[:, -1]
+
+    def expand(self, rows: int) -> None:
+        """One prompt row -> ``rows`` samples."""
+        index = torch.zeros(rows, dtype=torch.long)
+        if self.cache is not None:
+            self.cache.select(index.to(self.cache.keys[0].device))
+        self.mems = [m.expand(rows, *m.shape[1:]).contiguous() for m in self.mems]
+
+
+@torch.no_grad()
+def filling_sequence(model, seq: Sequence[int], batch_size: int, layout: TokenLayout,
+                     config: SamplingConfig = SamplingConfig(), device: torch.device = torch.device("cpu"),
+                     sampler: str = "kv-cache", generator: Optional[torch.Generator] = None,
+                     on_token: Optional[Callable[[], None]] = None, return_scores: bool = False):
+    """Fill every -1 of ``seq`` for ``batch_size`` samples; returns [batch_size, len(seq)] ids.
+
+    ``on_token`` is called after each sampled position (progress bars).
+    With ``return_scores`` also returns the summed log-probability of each sample.
+    """
+    seq = torch.as_tensor(list(seq), dtype=torch.long, device=device)
+    length = seq.numel()
+    unknown = (seq < 0).nonzero()
+    context = int(unknown[0]) if unknown.numel() else length
+    if context == 0:
+        raise ValueError("the query must start with at least one known token")
+    vocab = model.word_embeddings.weight.size(0)
+    modes = _Modes(layout, vocab, device)
+    roi2 = layout.command_tokens.get("[ROI2]")
+    runner = _Runner(model, sampler)
+    tokens = seq.clamp(min=0).unsqueeze(0)
+    mode = modes.text
+    offset = torch.full((1,), NO_ROI2, dtype=torch.long, device=device)
+    for p in range(context):
+        mode = modes.update(mode, int(seq[p]))
+        if roi2 is not None and int(seq[p]) == roi2:
+            offset.fill_(p)
+    scores = torch.zeros(1, device=device)
+    modes_per_row = None  # a forbidden mask per row once sampled tokens may differ
+    for p in range(context, length):
+        if int(seq[p]) >= 0:  # provided token: fed with the next model call
+            tokens[:, p] = seq[p]
+            if modes_per_row is None:
+                mode = modes.update(mode, int(seq[p]))
+            else:
+                modes_per_row = [modes.update(m, int(seq[p])) for m in modes_per_row]
+            if roi2 is not None and int(seq[p]) == roi2:
+                offset.fill_(p)
+            continue
+        logits = runner.feed(tokens, p, offset)
+        if tokens.size(0) == 1 and batch_size > 1:
+            runner.expand(batch_size)
+            tokens = tokens.expand(batch_size, -1).clone()
+            logits = logits.expand(batch_size, -1)
+            offset = offset.expand(batch_size).clone()
+            scores = scores.expand(batch_size).clone()
+        forbidden = mode if modes_per_row is None else torch.stack(modes_per_row)
+        if forbidden.dim() == 1:
+            forbidden = forbidden.expand(tokens.size(0), -1)
+        picked, logp = _sample(logits, forbidden, config, generator)
+        tokens[:, p] = picked
+        scores = scores + logp
+        # a sampled [BOI]/[EOI]/[ROI2] changes that row's mode/offset
+        special = [int(t) for t in picked.tolist()]
+        if any(t in modes.boi or t in modes.eoi or t == roi2 for t in special):
+            base = [mode] * len(special) if modes_per_row is None else modes_per_row
+            modes_per_row = [modes.update(m, t) for m, t in zip(base, special)]
+            for row, t in enumerate(special):
+                if t == roi2:
+                    offset[row] = p
+        if on_token is not None:
+            on_token()
+    if tokens.size(0) != batch_size:
+        tokens = tokens.expand(batch_size, -1)
+        scores = scores.expand(batch_size)
+    return (tokens, scores) if return_scores else tokens
+
+
+def generate_in_chunks(model, seq: Sequence[int], batch_size: int, max_inference_batch_size: int,
+                       layout: TokenLayout, **kwargs) -> torch.Tensor:
+    """``batch_size`` samples in calls of at most ``max_inference_batch_size`` (last one smaller)."""
+    chunks, left = [], batch_size
+    while left > 0:
+        n = min(left, max_inference_batch_size)
+        chunks.append(filling_sequence(model, seq, n, layout, **kwargs))
+        left -= n
+    return torch.cat(chunks, dim=0)
+
+
+def count_to_generate(seq: Sequence[int]) -> int:
+    """How many tokens a query leaves to sample (the length of a progress bar)."""
+    return sum(1 for t in seq if t < 0)
+
