@@ -100,8 +100,8 @@ class UnifiedTokenizer:
         """Ids -> (texts and command-token names in order, images).
 
         A command token flushes pending text; an [EOI*] also flushes pending image codes
-        into one image (a VQ-VAE decode of the square grid, or the code list itself when
-        only the vocabulary size is known).
+        into one image (a VQ-VAE decode of the square grid; the code list itself when
+        only the vocabulary size is known or the run is not a square grid).
         """
         texts, images, img_buffer, txt_buffer = [], [], [], []
 
@@ -112,7 +112,12 @@ class UnifiedTokenizer:
 
         def flush_image():
             if img_buffer:
-                images.append(self.img_tokenizer.DecodeIds(list(img_buffer)))
+                try:
+                    images.append(self.img_tokenizer.DecodeIds(list(img_buffer)))
+                except ValueError as exc:  # e.g. a run of codes that is not a square grid
+                    logger.warning("cannot decode %d image codes (%s); returning the codes",
+                                   len(img_buffer), exc)
+                    images.append(list(img_buffer))
                 img_buffer.clear()
 
         for x in (ids.tolist() if isinstance(ids, (np.ndarray, torch.Tensor)) else ids):

@@ -275,3 +275,29 @@ def test_train_text_tokenizer_cli(tmp_path, capsys):
     assert main(["--input", str(tmp_path / "missing.txt"), "--output-prefix", str(prefix),
                  "--vocab-size", "100"]) == 1
     assert "missing.txt" in capsys.readouterr().err
+
+
+def test_vqvae_image_tokenizer(tok):
+    """With a real VQ-VAE: [Image]/[ImageN] parts and DecodeIds go through the model."""
+    pytest.importorskip("vqvae")
+    expected = np.load(fixture_path("vqvae", "expected.npz"))
+    img0 = fixture_path("vqvae", "images", "img0.png")
+    img1 = fixture_path("vqvae", "images", "img1.png")
+    vtok = UnifiedTokenizer(fixture_path("vqvae", "vqvae.pt"), txt_tokenizer_path=tok.txt_tokenizer)
+    assert vtok.num_image_tokens == 64 and len(vtok) == 64 + 50000 + 27
+    assert vtok["[PAD]"] == 50064
+    ids = vtok.parse_query(f"[ROI1] 猫 [TINY] [BOI1] [Image]{img0} [EOI1]", img_size=64)
+    assert ids[:2] == [vtok["[ROI1]"], tok.txt_tokenizer.EncodeAsIds("猫")[0] + 64]
+    assert ids[4:-1] == expected["codes"][0].tolist()
+    ids1 = vtok.parse_query(f"[Image10]{img1}", img_size=64)
+    assert ids1 == expected["codes"][1][:10].tolist() + [-1] * 54
+    texts, images = vtok.DecodeIds(ids)
+    assert texts == ["[ROI1]", "猫", "[TINY]", "[BOI1]", "[EOI1]"]
+    assert len(images) == 1
+    np.testing.assert_allclose(images[0].numpy(), expected["decoded"][:1], atol=1e-5)
+    texts, images = vtok.DecodeIds(ids + [3, 4, 5])  # trailing run: not a square grid
+    assert len(images) == 2 and images[1] == [3, 4, 5]
+    normalised = torch.tensor(np.load(fixture_path("vqvae", "inputs.npz"))["images_normalised"])
+    assert vtok(normalised[0]).tolist() == expected["codes"][:1].tolist()
+    with pytest.raises(ValueError, match="nonexistent.png"):
+        vtok.parse_query("[Image]/nonexistent.png")
