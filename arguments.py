@@ -207,6 +207,10 @@ def add_text_generate_args(parser: argparse.ArgumentParser) -> None:
                             "<output-path>/<id>/")
     group.add_argument("--max-inference-batch-size", type=int, default=12,
                        help="samples per sampler call")
+    group.add_argument("--img-size", type=int, default=256,
+                       help="(new) image side the model works at: 256 px = 32x32 codes ([BASE]), "
+                            "128 px = 16x16 ([SMALL]); low-level super-resolution reads its "
+                            "input at half this size")
     group.add_argument("--sampler", type=str, default="kv-cache", choices=["kv-cache", "mems"],
                        help="(new) kv-cache (fast, default) or mems (the original's "
                             "algorithm: every key and value recomputed at every step)")

@@ -5,7 +5,7 @@ Importing this package never imports DeepSpeed and needs no GPU.
 from .checkpoint import (CheckpointError, load_checkpoint_state, merge_model_parallel_states,
                          read_tracker, save_checkpoint, split_model_parallel_state)
 from .kv_cache import KVCache
-from .model import GPT2Model, gpt2_get_params_for_weight_decay_optimization
+from .model import GPT2Model, gpt2_get_params_for_weight_decay_optimization, model_kwargs_from_args
 
 __all__ = [
     "CheckpointError",
@@ -14,6 +14,7 @@ __all__ = [
     "gpt2_get_params_for_weight_decay_optimization",
     "load_checkpoint_state",
     "merge_model_parallel_states",
+    "model_kwargs_from_args",
     "read_tracker",
     "save_checkpoint",
     "split_model_parallel_state",

@@ -58,6 +58,19 @@ class GPT2Model(nn.Module):
         return KVCache(self.num_layers, self.max_memory_length)
 
 
+def model_kwargs_from_args(args, vocab_size: int) -> dict:
+    """GPT2Model constructor arguments from the command line, as pretrain_gpt2.get_model builds them."""
+    return dict(num_layers=args.num_layers, vocab_size=vocab_size, hidden_size=args.hidden_size,
+                num_attention_heads=args.num_attention_heads, embedding_dropout_prob=args.hidden_dropout,
+                attention_dropout_prob=args.attention_dropout, output_dropout_prob=args.hidden_dropout,
+                max_sequence_length=args.max_position_embeddings, max_memory_length=args.max_memory_length,
+                checkpoint_activations=args.checkpoint_activations,
+                checkpoint_num_layers=args.checkpoint_num_layers, parallel_output=True,
+                query_window=args.query_window, key_window_times=args.key_window_times,
+                num_pivot=args.num_pivot, pb_relax_attention=getattr(args, "pb_relax_attention", False),
+                pb_relax_alpha=getattr(args, "pb_relax_alpha", 32.0))
+
+
 def gpt2_get_params_for_weight_decay_optimization(module: nn.Module):
     """Two parameter groups: with weight decay, and without (biases and LayerNorms)."""
     decay, no_decay = {"params": []}, {"params": [], "weight_decay": 0.0}

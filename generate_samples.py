@@ -1,0 +1,269 @@
+"""CogView inference: text2image, image2text, (low-level) super-resolution,
+post-selection and inpainting, from a file of queries or interactively.
+
+    python generate_samples.py --load CKPT --img-tokenizer-path VQVAE \
+        --generation-task text2image --input-source input.txt --output-path samples
+
+Every bad input line is reported as ``line N: what is wrong`` on stderr; the
+other lines still run and the exit code is 1 if any line failed.
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from arch import CheckpointError
+from arguments import get_args
+from generation import SamplingConfig, TokenLayout, generate_in_chunks, inverse_prompt_score, magnify
+from generation.model_setup import apply_checkpoint_config, load_generation_model
+from generation.outputs import save_debug_grid, save_samples, to_side
+from generation.queries import (Query, QueryError, check_command_tokens, check_positions, parse_region,
+                                region_mask, split_line, task_template)
+from generation.sampling import count_to_generate
+
+PROMPT = "Please input a query (stop to exit) >>> "
+
+
+class Generator:
+    """Holds the model, tokenizer and flags; one method per task."""
+
+    def __init__(self, args, tokenizer, model):
+        self.args, self.tokenizer, self.model = args, tokenizer, model
+        self.device = torch.device(args.device)
+        self.layout = TokenLayout.from_tokenizer(tokenizer)
+        self.config = SamplingConfig(args.temperature, args.top_k, args.top_p)
+        self.grid = self._grid_side(args.img_size)
+        self.generator = torch.Generator(device=self.device).manual_seed(args.seed)
+        self.max_positions = args.max_position_embeddings
+
+    def _grid_side(self, img_size: int) -> int:
+        model = getattr(self.tokenizer.img_tokenizer, "model", None)
+        if model is None:
+            return img_size // 8
+        with torch.no_grad():
+            codes = self.tokenizer(torch.zeros(1, 3, img_size, img_size, device=self.device))
+        return int(round(codes.numel() ** 0.5))
+
+    # ---- helpers ------------------------------------------------------------------------
+    def parse(self, text: str, img_size: Optional[int] = None) -> List[int]:
+        check_command_tokens(text, self.tokenizer.command_tokens)
+        ids = self.tokenizer.parse_query(text, img_size=img_size or self.args.img_size)
+        check_positions(ids, self.tokenizer["[ROI2]"], self.max_positions)
+        return ids
+
+    def sample(self, ids: List[int], batch_size: Optional[int] = None, desc: str = "") -> torch.Tensor:
+        n = batch_size or self.args.batch_size
+        bar = tqdm(total=count_to_generate(ids) * n, desc=desc or "tokens", unit="tok", leave=False,
+                   mininterval=1.0, file=sys.stderr)
+        calls = {"k": 0}
+
+        def tick():
+            calls["k"] += 1
+            bar.update(min(self.args.max_inference_batch_size, n))
+
+        try:
+            return generate_in_chunks(self.model, ids, n, self.args.max_inference_batch_size, self.layout,
+                                      config=self.config, device=self.device, sampler=self.args.sampler,
+                                      generator=self.generator, on_token=tick)
+        finally:
+            bar.close()
+
+    def last_image(self, seq: torch.Tensor) -> torch.Tensor:
+        _, images = self.tokenizer.DecodeIds(seq.tolist())
+        if not images:
+            raise QueryError("the sample holds no image to decode")
+        return images[-1].float().cpu()
+
+    def out_folder(self, query: Query) -> str:
+        return os.path.join(self.args.output_path, query.id if query.id else query.label)
+
+    def report(self, query: Query, count: int, seconds: float, where: str) -> None:
+        print(f"line {query.line_number}: {count} image(s) in {seconds:.1f}s "
+              f"({seconds / max(1, count):.2f}s per image) -> {where}", flush=True)
+
+    def save(self, query: Query, images: List[torch.Tensor], extra_first: List[torch.Tensor] = ()) -> str:
+        side = max(im.size(-1) for im in images)
+        if self.args.debug:
+            texts = [query.raw]
+            print("\n".join(texts))
+            return save_debug_grid(list(extra_first) + images, self.args.output_path, query.label, side)
+        folder = self.out_folder(query)
+        save_samples(images, folder, side)
+        return folder
+
+    # ---- tasks --------------------------------------------------------------------------
+    def text2image(self, query: Query) -> None:
+        ids = self.parse(task_template("text2image", self.grid).format(query.fields[0]))
+        start = time.time()
+        seqs = self.sample(ids, desc=f"line {query.line_number}")
+        images = [self.last_image(s) for s in seqs]
+        where = self.save(query, images)
+        self.report(query, len(images), time.time() - start, where)
+
+    def image2text(self, query: Query) -> None:
+        ids = self.parse(task_template("image2text", self.grid).format(query.fields[0]))
+        start = time.time()
+        seqs = self.sample(ids, desc=f"line {query.line_number}")
+        roi1 = ids.index(self.tokenizer["[ROI1]"])
+        for k, seq in enumerate(seqs):
+            texts, _ = self.tokenizer.DecodeIds(seq[roi1 + 1:].tolist())
+            caption = " ".join(t for t in texts if not t.startswith("[")).strip()
+            print(f"line {query.line_number} sample {k}: {caption}", flush=True)
+        print(f"line {query.line_number}: {len(seqs)} caption(s) in {time.time() - start:.1f}s", flush=True)
+
+    def low_level_super_resolution(self, query: Query) -> None:
+        text, path = query.fields
+        template = task_template("low-level super-resolution", self.grid)
+        ids = self.parse(template.format(text, path), img_size=self.args.img_size // 2)
+        start = time.time()
+        seqs = self.sample(ids, desc=f"line {query.line_number}")
+        images = [self.last_image(s) for s in seqs]
+        _, decoded = self.tokenizer.DecodeIds(seqs[0].tolist())
+        where = self.save(query, images, extra_first=[decoded[0].float().cpu()] if self.args.debug else [])
+        self.report(query, len(images), time.time() - start, where)
+
+    def super_resolution(self, query: Query) -> None:
+        text, path = query.fields
+        ids = self.parse(task_template("super-resolution", self.grid).format(text, path))
+        boi = ids.index(self.tokenizer["[BOI1]"])
+        prefix, low = ids[:boi + 1], torch.tensor(ids[boi + 1:])
+        window = min(16, self.grid)
+        start = time.time()
+        images = []
+        for _ in range(self.args.batch_size):
+            hi = magnify(low, prefix, lambda seq: self.sample(seq, batch_size=1, desc="window"),
+                         self.tokenizer.command_tokens, window=window, stride=window // 2)
+            images.append(self.tokenizer.img_tokenizer.DecodeIds(hi[0]).float().cpu())
+        side = images[0].size(-1)
+        extra = [to_side(self.tokenizer.img_tokenizer.DecodeIds(low).float().cpu(), side)] if self.args.debug else []
+        path_out = save_debug_grid(extra + images, self.args.output_path if not query.id else self.out_folder(query),
+                                   query.label, side)
+        self.report(query, len(images), time.time() - start, path_out)
+
+    def post_selection(self, query: Query) -> None:
+        text, paths = query.fields[0], query.fields[1:]
+        template = task_template("post-selection", self.grid)
+        rows = [self.parse(template.format(p, text)) for p in paths]
+        if len({len(r) for r in rows}) != 1:
+            raise QueryError("the images gave code sequences of different lengths")
+        seq = torch.tensor(rows, device=self.device)
+        scores = []
+        for chunk in seq.split(self.args.max_inference_batch_size):
+            scores.extend(inverse_prompt_score(self.model, chunk, self.tokenizer["[ROI1]"],
+                                               self.tokenizer.num_image_tokens).tolist())
+        os.makedirs(self.args.output_path, exist_ok=True)
+        out = os.path.join(self.args.output_path, f"scores_rank_{self.args.rank}.txt")
+        with open(out, "a") as f:
+            f.write(query.raw + "\n" + "\t".join(f"{s:.6f}" for s in scores) + "\n")
+        print(f"line {query.line_number}: scores {' '.join(f'{s:.3f}' for s in scores)} -> {out}", flush=True)
+
+    def inpainting(self, query: Query) -> None:
+        text, path, region_text = query.fields
+        region = parse_region(region_text)
+        ids = self.parse(task_template("inpainting", self.grid).format(text, path))
+        boi = ids.index(self.tokenizer["[BOI1]"])
+        codes = ids[boi + 1:]
+        for k, hole in enumerate(region_mask(region, self.grid)):
+            if hole:
+                codes[k] = -1
+        ids = ids[:boi + 1] + codes
+        start = time.time()
+        seqs = self.sample(ids, desc=f"line {query.line_number}")
+        images = [self.last_image(s) for s in seqs]
+        original = self.tokenizer.img_tokenizer.DecodeIds(torch.tensor(self.parse(
+            task_template("inpainting", self.grid).format(text, path))[boi + 1:])).float().cpu()
+        where = self.save(query, images, extra_first=[original] if self.args.debug else [])
+        self.report(query, len(images), time.time() - start, where)
+
+    def run(self, query: Query) -> None:
+        handler = {
+            "text2image": self.text2image,
+            "image2text": self.image2text,
+            "low-level super-resolution": self.low_level_super_resolution,
+            "super-resolution": self.super_resolution,
+            "post-selection": self.post_selection,
+            "inpainting": self.inpainting,
+        }[self.args.generation_task]
+        handler(query)
+
+
+def iterate_lines(args) -> Iterator[Tuple[int, str]]:
+    """(line number, text) from the input file (this rank's share) or the interactive prompt."""
+    if args.input_source == "interactive":
+        try:
+            import readline  # noqa: F401  (history and line editing for input())
+        except ImportError:
+            pass
+        number = 0
+        while True:
+            try:
+                line = input(PROMPT)
+            except EOFError:
+                print()
+                return
+            number += 1
+            if line.strip() == "stop":
+                return
+            yield number, line
+    else:
+        with open(args.input_source, encoding="utf-8") as f:
+            for number, line in enumerate(f.read().splitlines(), start=1):
+                if (number - 1) % args.world_size == args.rank:
+                    yield number, line
+
+
+def setup(args, argv):
+    """Seeds, tokenizer and model; raises CheckpointError/ValueError with one-line messages."""
+    apply_checkpoint_config(args, argv)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    if args.input_source != "interactive" and not os.path.isfile(args.input_source):
+        raise ValueError(f"--input-source {args.input_source}: no such file (or use 'interactive')")
+    if args.generation_task == "raw":
+        raise ValueError("--generation-task raw is the inpainting task here: use --generation-task inpainting")
+    if not args.img_tokenizer_path:
+        raise ValueError("generation needs --img-tokenizer-path (a VQ-VAE checkpoint) to read and write images")
+    from data_utils.unified_tokenizer import UnifiedTokenizer
+
+    tokenizer = UnifiedTokenizer(args.img_tokenizer_path, args.txt_tokenizer_path, device=args.device)
+    vocab = tokenizer.padded_vocab_size(args.make_vocab_size_divisible_by, 1)
+    model = load_generation_model(args, vocab)
+    return tokenizer, model
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = get_args(argv)
+    if args.model_parallel_size != 1:
+        print("generate_samples.py: error: generation runs with --model-parallel-size 1; merge the "
+              "checkpoint first: python -m arch.change_mp SRC DST --model-parallel-size 1", file=sys.stderr)
+        return 2
+    try:
+        tokenizer, model = setup(args, argv if argv is not None else sys.argv[1:])
+    except (CheckpointError, ValueError, OSError) as exc:
+        print(f"generate_samples.py: error: {exc}", file=sys.stderr)
+        return 1
+    generator = Generator(args, tokenizer, model)
+    failures = 0
+    for number, line in iterate_lines(args):
+        try:
+            query = split_line(line, number, args.generation_task, args.with_id)
+            generator.run(query)
+        except (QueryError, ValueError, KeyError, OSError, CheckpointError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            print(f"line {number}: {message}", file=sys.stderr, flush=True)
+            failures += 1
+    if failures:
+        print(f"generate_samples.py: {failures} line(s) failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Build the tokenizer and the GPT for generation from the command line.
+
+A checkpoint folder may hold ``model_config.json`` (written by our training):
+its model-shape values fill every flag the user did not give, so the shipped
+models run without NLAYERS/NHIDDEN/... on the command line.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Optional, Set
+
+import torch
+
+from arch import CheckpointError, GPT2Model, model_kwargs_from_args
+from arch.checkpoint import load_model_weights
+
+MODEL_CONFIG_FILENAME = "model_config.json"
+CONFIG_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings",
+               "max_position_embeddings_finetune", "make_vocab_size_divisible_by", "img_size",
+               "img_tokenizer_path", "txt_tokenizer_path", "query_window", "key_window_times", "num_pivot")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def explicit_dests(argv: Optional[Iterable[str]]) -> Set[str]:
+    """Argument destinations given on the command line (not left at their defaults)."""
+    import argparse
+
+    from arguments import get_parser
+
+    parser = get_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS  # unset flags then leave no attribute at all
+    parsed, _ = parser.parse_known_args(list(argv) if argv is not None else None)
+    return set(vars(parsed))
+
+
+def apply_checkpoint_config(args, argv: Optional[Iterable[str]] = None) -> Optional[str]:
+    """Fill unset model flags from ``<load>/model_config.json``; returns its path if used.
+
+    Relative tokenizer paths in the file are relative to the file's folder.
+    """
+    if not args.load:
+        return None
+    path = os.path.join(args.load, MODEL_CONFIG_FILENAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable model config ({exc})") from None
+    given = explicit_dests(argv)
+    for key in CONFIG_KEYS:
+        if key in config and key not in given:
+            value = config[key]
+            if key.endswith("_path") and value and not os.path.isabs(value):
+                value = os.path.normpath(os.path.join(args.load, value))
+            setattr(args, key, value)
+    return path
+
+
+def load_generation_model(args, vocab_size: int) -> GPT2Model:
+    """The GPT in eval mode on args.device in args.dtype, weights from --load (strict).
+
+    Built on the meta device first, so a 4B-parameter model is not randomly
+    initialised just to be overwritten.
+    """
+    if not args.load:
+        raise CheckpointError("no checkpoint: pass --load (e.g. pretrained/cogview/cogview-base)")
+    kwargs = model_kwargs_from_args(args, vocab_size)
+    kwargs["max_memory_length"] = max(kwargs["max_memory_length"], 0)
+    with torch.device("meta"):
+        model = GPT2Model(**kwargs)
+    model = model.to_empty(device=args.device).to(DTYPES[args.dtype])
+    load_model_weights(model, args.load, trust=getattr(args, "trust_checkpoint", False))
+    return model.eval()

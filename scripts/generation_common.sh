@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Shared by the generation scripts (sourced, not run): checkpoint, model shape, device.
+#
+#   resolve_checkpoint <released name> <demo name>
+# sets CHECKPOINT_PATH (the released model when present, else the shipped demo
+# model, else a clear error) and MODEL_ARGS / DEVICE_ARGS for generate_samples.py.
+# Variables of the original scripts are honoured: CHECKPOINT_PATH, NLAYERS, NHIDDEN,
+# NATT, MAXSEQLEN, MPSIZE, TEMP, TOPK, TOPP; DEVICE picks the GPU (default 0).
+
+script_path=$(realpath "${BASH_SOURCE[0]}")
+script_dir=$(dirname "$script_path")
+main_dir=$(dirname "$script_dir")
+MASTER_PORT=${MASTER_PORT:-$((RANDOM % 55535 + 10000))}
+export MASTER_PORT
+
+resolve_checkpoint() {
+  local released=$1 demo=$2
+  if [ -z "${CHECKPOINT_PATH:-}" ]; then
+    CHECKPOINT_PATH="$main_dir/pretrained/cogview/$released"
+    if [ ! -e "$CHECKPOINT_PATH" ] && [ -d "$main_dir/pretrained/cogview/$demo" ]; then
+      echo "note: $CHECKPOINT_PATH not found; using the shipped demo model pretrained/cogview/$demo" >&2
+      CHECKPOINT_PATH="$main_dir/pretrained/cogview/$demo"
+    fi
+  fi
+  if [ ! -e "$CHECKPOINT_PATH" ]; then
+    echo "error: checkpoint $CHECKPOINT_PATH not found. Put the released CogView model" \
+         "($released) under pretrained/cogview/, train the demo models with" \
+         "./scripts/train_demo.sh, or set CHECKPOINT_PATH." >&2
+    exit 1
+  fi
+  MODEL_ARGS=(--model-parallel-size "${MPSIZE:-1}")
+  if [ -f "$CHECKPOINT_PATH/model_config.json" ]; then
+    # shapes and tokenizers come from the config next to the checkpoint; env vars still win
+    [ -n "${NLAYERS:-}" ] && MODEL_ARGS+=(--num-layers "$NLAYERS")
+    [ -n "${NHIDDEN:-}" ] && MODEL_ARGS+=(--hidden-size "$NHIDDEN")
+    [ -n "${NATT:-}" ] && MODEL_ARGS+=(--num-attention-heads "$NATT")
+    [ -n "${MAXSEQLEN:-}" ] && MODEL_ARGS+=(--max-position-embeddings "$MAXSEQLEN")
+  else
+    MODEL_ARGS+=(--num-layers "${NLAYERS:-48}" --hidden-size "${NHIDDEN:-2560}"
+                 --num-attention-heads "${NATT:-40}" --max-position-embeddings "${MAXSEQLEN:-1089}"
+                 --img-tokenizer-path "$main_dir/pretrained/vqvae/vqvae_hard_biggerset_011.pt"
+                 --query-window 64 --key-window-times 4 --num-pivot 256 --is-sparse 0)
+  fi
+  if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    DEVICE_ARGS=(--device "${DEVICE:-0}" --fp16)
+  else
+    DEVICE_ARGS=(--device cpu)
+  fi
+}

@@ -1,0 +1,167 @@
+"""generate_samples.py end to end on tiny random models: every task, outputs, errors."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+import generate_samples
+
+from .conftest import ROOT
+from .e2e_assets import make_all
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return make_all(str(tmp_path_factory.mktemp("assets")))
+
+
+def run(assets, tmp_path, task, lines, *extra):
+    """Run generate_samples.main on these lines; each call writes to a fresh output folder."""
+    n = len(list(tmp_path.glob("out*")))
+    source = tmp_path / f"input{n}.txt"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / f"out{n}"
+    argv = ["--load", assets["ckpt"], "--device", "cpu", "--generation-task", task, "--input-source", str(source),
+            "--output-path", str(out), "--top_k", "10", "--seed", "3", *extra]
+    return generate_samples.main(argv), out
+
+
+def test_text2image_writes_numbered_images_and_concat(assets, tmp_path, capsys):
+    code, out = run(assets, tmp_path, "text2image", ["a red circle", "a blue square"], "--batch-size", "3",
+                    "--max-inference-batch-size", "2")
+    assert code == 0
+    folders = sorted(os.listdir(out))
+    assert folders == ["a_blue_square", "a_red_circle"]
+    for folder in folders:
+        files = sorted(os.listdir(out / folder))
+        assert files == ["0.jpg", "1.jpg", "2.jpg", "concat.jpg"]
+        assert Image.open(out / folder / "0.jpg").size == (64, 64)
+    assert "per image" in capsys.readouterr().out
+
+
+def test_with_id_and_debug(assets, tmp_path):
+    code, out = run(assets, tmp_path, "text2image", ["cat7\ta red circle"], "--with-id", "--batch-size", "2")
+    assert code == 0 and sorted(os.listdir(out / "cat7")) == ["0.jpg", "1.jpg", "concat.jpg"]
+    code, out = run(assets, tmp_path, "text2image", ["a red/circle"], "--debug", "--batch-size", "2")
+    files = os.listdir(out)
+    assert code == 0 and len(files) == 1 and files[0].startswith("a_redcircle-") and files[0].endswith(".jpg")
+
+
+def test_image2text_prints_captions(assets, tmp_path, capsys):
+    code, _ = run(assets, tmp_path, "image2text", [assets["images"][0]], "--batch-size", "2")
+    out = capsys.readouterr().out
+    assert code == 0 and "line 1 sample 0:" in out and "line 1 sample 1:" in out
+
+
+def test_post_selection_scores_file(assets, tmp_path):
+    line = "a red circle\t" + "\t".join(assets["images"])
+    code, out = run(assets, tmp_path, "post-selection", [line])
+    text = (out / "scores_rank_0.txt").read_text().splitlines()
+    assert code == 0 and text[0] == line and len(text[1].split("\t")) == 3
+    assert all(float(s) < 0 for s in text[1].split("\t"))
+
+
+def test_super_resolution_doubles_the_side(assets, tmp_path):
+    code, out = run(assets, tmp_path, "super-resolution", ["a red circle\t" + assets["images"][0]],
+                    "--max-position-embeddings", "400", "--batch-size", "1")
+    files = os.listdir(out)
+    assert code == 0 and len(files) == 1 and Image.open(out / files[0]).size == (128, 128)
+
+
+def test_low_level_super_resolution(assets, tmp_path):
+    code, out = run(assets, tmp_path, "low-level super-resolution", ["a red circle\t" + assets["images"][1]],
+                    "--batch-size", "2")
+    folder = out / "a_red_circle"
+    assert code == 0 and sorted(os.listdir(folder)) == ["0.jpg", "1.jpg", "concat.jpg"]
+    assert Image.open(folder / "0.jpg").size == (64, 64)
+
+
+def test_inpainting_keeps_codes_outside_the_region(assets, tmp_path):
+    code, out = run(assets, tmp_path, "inpainting", ["a red circle\t" + assets["images"][2] + "\t0.5,0,1,1"],
+                    "--batch-size", "2")
+    assert code == 0 and sorted(os.listdir(out / "a_red_circle")) == ["0.jpg", "1.jpg", "concat.jpg"]
+
+
+def test_bad_lines_are_reported_and_the_rest_runs(assets, tmp_path, capsys):
+    lines = ["a red circle",                      # 1 ok
+             "",                                  # 2 empty
+             "[FOO] a red circle",                # 3 unknown command token
+             "a [MASK]*x circle",                 # 4 bad mask count
+             "word " * 400,                       # 5 too long
+             "a blue square"]                     # 6 ok
+    code, out = run(assets, tmp_path, "text2image", lines, "--batch-size", "1")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "line 2: empty line" in err
+    assert "line 3: unknown command token [FOO]" in err
+    assert "line 4:" in err and "[MASK]*x" in err
+    assert "line 5:" in err and "positions" in err
+    assert sorted(os.listdir(out)) == ["a_blue_square", "a_red_circle"]
+
+
+def test_bad_images_and_fields(assets, tmp_path, capsys):
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("hello")
+    lines = [str(tmp_path / "missing.png"), str(not_image), assets["images"][0]]
+    code, _ = run(assets, tmp_path, "image2text", lines)
+    err = capsys.readouterr().err
+    assert code == 1 and "line 1:" in err and "missing.png" in err and "line 2:" in err and "notes.png" in err
+    code, _ = run(assets, tmp_path, "post-selection", ["just text"])
+    assert code == 1 and "no image given" in capsys.readouterr().err
+    code, _ = run(assets, tmp_path, "text2image", ["no tab here"], "--with-id")
+    assert code == 1 and "has no TAB" in capsys.readouterr().err
+
+
+def test_bad_checkpoint_is_one_line(assets, tmp_path, capsys):
+    code = generate_samples.main(["--load", str(tmp_path / "nope"), "--device", "cpu", "--input-source", "interactive",
+                                  "--img-tokenizer-path", assets["vqvae"], "--txt-tokenizer-path", assets["sp"]])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "nope" in err
+
+
+@pytest.mark.slow
+def test_interactive_mode_from_stdin(assets, tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, "generate_samples.py"), "--load", assets["ckpt"], "--device", "cpu",
+           "--input-source", "interactive", "--output-path", str(tmp_path / "out"), "--batch-size", "1"]
+    result = subprocess.run(cmd, input="a red circle\n[FOO] bad\nstop\nnever run\n", capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "line 2: unknown command token" in result.stderr
+    assert os.listdir(tmp_path / "out") == ["a_red_circle"]
+    result = subprocess.run(cmd, input="a blue square\n", capture_output=True, text=True, timeout=300)  # EOF ends
+    assert result.returncode == 0, result.stderr
+
+
+SCRIPTS = {
+    "text2image.sh": ("a red circle", []),
+    "image2text.sh": ("{img}", []),
+    "post_selection.sh": ("a red circle\t{img}\t{img}", []),
+    "super_resolution.sh": ("a red circle\t{img}", ["--max-position-embeddings", "400"]),
+    "low_level_super_resolution.sh": ("a red circle\t{img}", []),
+    "inpainting.sh": ("a red circle\t{img}\t0,0,0.5,0.5", []),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_scripts_run_on_cpu_with_checkpoint_config(assets, tmp_path, script):
+    line, extra = SCRIPTS[script]
+    source = tmp_path / "in.txt"
+    source.write_text(line.format(img=assets["images"][0]) + "\n")
+    env = dict(os.environ, CHECKPOINT_PATH=assets["ckpt"], INPUT_SOURCE=str(source), OUTPUT_PATH=str(tmp_path / "o"),
+               BATCH_SIZE="2", MAX_INFERENCE_BATCH_SIZE="2", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", script), "--top_k", "5", *extra], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "sample 0:" in result.stdout or os.listdir(tmp_path / "o")
+
+
+def test_script_without_any_checkpoint_says_what_to_do(tmp_path):
+    env = dict(os.environ, CHECKPOINT_PATH=str(tmp_path / "absent"))
+    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "text2image.sh")], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "train_demo.sh" in result.stderr
