@@ -14,7 +14,7 @@ the [ROI2] position offset is tracked per row.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,6 @@ def top_k_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0,
 
     Works row by row on [batch, vocab] (the original's top-p only handled one row).
     """
-    logits = logits.clone()
     if top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, filter_value)
@@ -71,19 +70,18 @@ def top_k_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0,
 
 
 class _Modes:
-    """Per-mode boolean masks of forbidden ids over the (padded) vocabulary."""
+    """Allowed id ranges [lo, hi) per mode: each mode is one contiguous block of the
+    vocabulary, so sampling only touches that slice of the logits."""
 
-    def __init__(self, layout: TokenLayout, vocab_size: int, device: torch.device):
+    def __init__(self, layout: TokenLayout):
         i, t = layout.num_image_tokens, layout.num_text_tokens
-        ids = torch.arange(vocab_size, device=device)
-        padding = ids >= layout.num_tokens
-        self.text = (ids < i) | padding                 # text + command tokens
-        self.image = ids >= i                            # image codes only
-        self.text_only = (ids < i) | (ids >= i + t)      # after an image: plain text
+        self.text = (i, layout.num_tokens)     # text + command tokens, never padding rows
+        self.image = (0, i)                    # image codes only
+        self.text_only = (i, i + t)            # after an image: plain text
         self.boi = {layout.id(n) for n in ("[BOI1]", "[BOI2]", "[BOI3]") if n in layout.command_tokens}
         self.eoi = {layout.id(n) for n in ("[EOI1]", "[EOI2]", "[EOI3]") if n in layout.command_tokens}
 
-    def update(self, mode: torch.Tensor, token: int) -> torch.Tensor:
+    def update(self, mode: Tuple[int, int], token: int) -> Tuple[int, int]:
         return self.image if token in self.boi else (self.text_only if token in self.eoi else mode)
 
 
@@ -93,15 +91,28 @@ def _positions(start: int, end: int, roi2_offset: torch.Tensor) -> torch.Tensor:
     return torch.where(pos > roi2_offset[:, None], pos - roi2_offset[:, None], pos)
 
 
-def _sample(logits: torch.Tensor, forbidden: torch.Tensor, config: SamplingConfig,
+def _sample(logits: torch.Tensor, ranges: List[Tuple[int, int]], config: SamplingConfig,
             generator: Optional[torch.Generator]):
-    """One token per row; returns (ids, log-probabilities of the picks)."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / config.temperature
-    logits = logits.masked_fill(forbidden, -float("inf"))
-    logits = top_k_logits(logits, config.top_k, config.top_p)
+    """One token per row from its allowed range; returns (ids, log-probabilities of the picks).
+
+    Sampling is the exponential race argmax(p / E), E ~ Exp(1): an exact draw from p
+    that costs one pass over the slice (torch.multinomial is much slower on CPU).
+    """
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if all(r == ranges[0] for r in ranges):
+        lo, hi = ranges[0]
+        logits = logits[:, lo:hi]
+    else:  # rows in different modes (a row sampled [BOI]/[EOI]): mask the full vocabulary
+        lo = 0
+        ids = torch.arange(logits.size(-1), device=logits.device)
+        bounds = torch.tensor(ranges, device=logits.device)
+        allowed = (ids[None] >= bounds[:, :1]) & (ids[None] < bounds[:, 1:])
+        logits = logits.masked_fill(~allowed, -float("inf"))
+    logits = top_k_logits(logits / config.temperature, config.top_k, config.top_p)
     log_probs = F.log_softmax(logits, dim=-1)
-    picked = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(1)
-    return picked, log_probs.gather(1, picked[:, None]).squeeze(1)
+    race = torch.empty_like(log_probs).exponential_(generator=generator)
+    picked = (log_probs.exp() / race).argmax(dim=-1)
+    return picked + lo, log_probs.gather(1, picked[:, None]).squeeze(1)
 
 
 class _Runner:
@@ -157,33 +168,31 @@ def filling_sequence(model, seq: Sequence[int], batch_size: int, layout: TokenLa
     ``on_token`` is called after each sampled position (progress bars).
     With ``return_scores`` also returns the summed log-probability of each sample.
     """
-    seq = torch.as_tensor(list(seq), dtype=torch.long, device=device)
-    length = seq.numel()
-    unknown = (seq < 0).nonzero()
-    context = int(unknown[0]) if unknown.numel() else length
+    known = [int(t) for t in seq]
+    length = len(known)
+    context = next((p for p, t in enumerate(known) if t < 0), length)
     if context == 0:
         raise ValueError("the query must start with at least one known token")
-    vocab = model.word_embeddings.weight.size(0)
-    modes = _Modes(layout, vocab, device)
+    modes = _Modes(layout)
     roi2 = layout.command_tokens.get("[ROI2]")
+    first_command = layout.num_image_tokens + layout.num_text_tokens
     runner = _Runner(model, sampler)
-    tokens = seq.clamp(min=0).unsqueeze(0)
+    tokens = torch.tensor([max(t, 0) for t in known], dtype=torch.long, device=device).unsqueeze(0)
     mode = modes.text
     offset = torch.full((1,), NO_ROI2, dtype=torch.long, device=device)
     for p in range(context):
-        mode = modes.update(mode, int(seq[p]))
-        if roi2 is not None and int(seq[p]) == roi2:
+        mode = modes.update(mode, known[p])
+        if known[p] == roi2:
             offset.fill_(p)
     scores = torch.zeros(1, device=device)
-    modes_per_row = None  # a forbidden mask per row once sampled tokens may differ
+    modes_per_row = None  # one mode per row once a sampled command token made rows differ
     for p in range(context, length):
-        if int(seq[p]) >= 0:  # provided token: fed with the next model call
-            tokens[:, p] = seq[p]
+        if known[p] >= 0:  # provided token: already in ``tokens``, fed with the next model call
             if modes_per_row is None:
-                mode = modes.update(mode, int(seq[p]))
+                mode = modes.update(mode, known[p])
             else:
-                modes_per_row = [modes.update(m, int(seq[p])) for m in modes_per_row]
-            if roi2 is not None and int(seq[p]) == roi2:
+                modes_per_row = [modes.update(m, known[p]) for m in modes_per_row]
+            if known[p] == roi2:
                 offset.fill_(p)
             continue
         logits = runner.feed(tokens, p, offset)
@@ -193,20 +202,18 @@ def filling_sequence(model, seq: Sequence[int], batch_size: int, layout: TokenLa
             logits = logits.expand(batch_size, -1)
             offset = offset.expand(batch_size).clone()
             scores = scores.expand(batch_size).clone()
-        forbidden = mode if modes_per_row is None else torch.stack(modes_per_row)
-        if forbidden.dim() == 1:
-            forbidden = forbidden.expand(tokens.size(0), -1)
-        picked, logp = _sample(logits, forbidden, config, generator)
+        ranges = [mode] * tokens.size(0) if modes_per_row is None else modes_per_row
+        picked, logp = _sample(logits, ranges, config, generator)
         tokens[:, p] = picked
         scores = scores + logp
-        # a sampled [BOI]/[EOI]/[ROI2] changes that row's mode/offset
-        special = [int(t) for t in picked.tolist()]
-        if any(t in modes.boi or t in modes.eoi or t == roi2 for t in special):
-            base = [mode] * len(special) if modes_per_row is None else modes_per_row
-            modes_per_row = [modes.update(m, t) for m, t in zip(base, special)]
-            for row, t in enumerate(special):
-                if t == roi2:
-                    offset[row] = p
+        if any(hi > first_command for _, hi in ranges):
+            # a sampled [BOI]/[EOI]/[ROI2] changes that row's mode / position offset
+            special = picked.tolist()
+            if any(t in modes.boi or t in modes.eoi or t == roi2 for t in special):
+                modes_per_row = [modes.update(m, t) for m, t in zip(ranges, special)]
+                for row, t in enumerate(special):
+                    if t == roi2:
+                        offset[row] = p
         if on_token is not None:
             on_token()
     if tokens.size(0) != batch_size:
