@@ -111,3 +111,19 @@ def test_inverse_prompt_score_finds_roi1_and_prefers_likely_text():
         assert abs(scores[row].item() - expected) < 1e-4
     with pytest.raises(ValueError, match="ROI1"):
         inverse_prompt_score(model, seq[:, :5], C["[ROI1]"], I)
+
+
+def test_super_resolution_windows_identical_for_every_algorithm():
+    from generation import magnify
+
+    model = model_fixture(max_memory_length=512)
+    low = torch.arange(16) % I  # a 4x4 low-resolution grid -> one 4x4 window, 8x8 output
+    prefix = [C["[ROI1]"], I + 2, C["[BASE]"], C["[BOI1]"]]
+    results = []
+    for sampler in ("full", "kv-cache", "mems"):
+        gen = torch.Generator().manual_seed(9)
+        fill = lambda seq: filling_sequence(model, seq, 1, LAYOUT, SamplingConfig(top_k=8), sampler=sampler,  # noqa: E731
+                                            generator=gen)
+        results.append(magnify(low, prefix, fill, C, window=4, stride=2))
+    assert results[0].shape == (1, 64) and bool((results[0] < I).all())
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
