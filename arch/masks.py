@@ -70,6 +70,8 @@ def build_attention_mask(attention_mask: MaskLike, query_length: int, memory_len
     q, k = query_length, query_length + memory_length
     if attention_mask is None:
         attention_mask = 0
+    if not isinstance(attention_mask, torch.Tensor) and not isinstance(attention_mask, int):
+        attention_mask = torch.as_tensor(attention_mask)  # numpy scalars and arrays
     if isinstance(attention_mask, torch.Tensor) and attention_mask.numel() == 1:
         attention_mask = int(attention_mask.item())
     if isinstance(attention_mask, int):
