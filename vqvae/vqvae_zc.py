@@ -45,10 +45,11 @@ class Quantize(nn.Module):
         The codebook EMA is updated in training mode unless ``update_ema`` says otherwise.
         """
         flatten = input.reshape(-1, self.dim)
-        dist_map = (flatten.pow(2).sum(1, keepdim=True)
-                    - 2 * flatten @ self.embed
-                    + self.embed.pow(2).sum(0, keepdim=True))
-        _, embed_ind = (-dist_map).max(1)  # first index on ties, as the original
+        # |e|^2 - 2 z.e in one fused [N, n_embed] buffer: |z|^2 is the same for every code of a
+        # row, so the nearest code is unchanged and a large batch needs a third of the memory.
+        dist_map = torch.addmm(self.embed.pow(2).sum(0, keepdim=True), flatten.detach(), self.embed,
+                               alpha=-2)
+        embed_ind = dist_map.argmin(1)  # first index on ties, as the original's max(-dist)
         embed_ind = embed_ind.view(*input.shape[:-1])
         quantize = self.embed_code(embed_ind)
         if self.training if update_ema is None else update_ema:
