@@ -71,7 +71,9 @@ def open_image(path: ImageLike) -> Image.Image:
             return to_rgb(img)
     except UnidentifiedImageError:
         raise ValueError(f"cannot read image {path}: not an image file Pillow can identify") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"cannot read image {path}: too many pixels ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise ValueError(f"cannot read image {path}: truncated or corrupt ({reason})") from None
     finally:

@@ -1,0 +1,95 @@
+"""Row layouts written to the LMDB.
+
+text2image rows are TextCodeDataset rows ``(caption, codes)`` or TokenizedDataset rows
+(TextCodeTemplate ids: ``[ROI1] text [size] [BOI1] codes [EOI1]``).
+
+Super-resolution rows are built to be exactly what generation.magnify feeds the model
+for one window (so a model trained on them can run magnify):
+
+    [ROI1] text [size(g)] [BOI1] <w x w low-res codes> [EOI1] [ROI2] [POS0] [BASE] [BOI2]
+    <2w x 2w high-res codes> [EOI2]
+
+g is the low-res grid (--img-size / VQ-VAE factor), w = min(16, g) the window and
+stride w/2, as generate_samples.py calls magnify. The low-res block is the window at
+(i*stride, j*stride) of the image encoded at --img-size; the high-res block is the
+matching 2w x 2w block at (2i*stride, 2j*stride) of the same image encoded at twice
+--img-size. magnify always writes [POS0] and [BASE] there, so the rows do too.
+(The original's rows put the whole 32x32 overview and a [POSk] crop index in front of
+the crop, which magnify never feeds a model; see the README section.)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+from data_utils.templates import TextCodeTemplate
+from data_utils.unified_tokenizer import SIZE_TOKENS, UnifiedTokenizer
+
+SR_MIDDLE = ("[EOI1]", "[ROI2]", "[POS0]", "[BASE]", "[BOI2]")
+SR_WINDOW = 16
+
+
+def code_dtype(num_image_tokens: int) -> np.dtype:
+    """The smallest signed dtype holding every code (halves TextCode rows for 8192 codes)."""
+    return np.dtype(np.int16) if num_image_tokens <= np.iinfo(np.int16).max + 1 else np.dtype(np.int32)
+
+
+def text_code_row(caption: str, codes: np.ndarray, dtype: np.dtype) -> Tuple[str, np.ndarray]:
+    """A TextCodeDataset row: the caption is tokenized at training time."""
+    return caption, np.asarray(codes).reshape(-1).astype(dtype)
+
+
+def tokenized_row(tok: UnifiedTokenizer, text_ids: Sequence[int], codes: np.ndarray) -> np.ndarray:
+    """A TokenizedDataset row: TextCodeTemplate of unified text ids and the codes."""
+    ids = TextCodeTemplate(np.asarray(text_ids, dtype=np.int64), np.asarray(codes, dtype=np.int64).reshape(-1),
+                           tokenizer=tok)
+    return np.asarray(ids, dtype=np.int32)
+
+
+@dataclass(frozen=True)
+class SRLayout:
+    grid: int    # low-res code grid side g
+    window: int  # low-res window side w
+    stride: int  # low-res window step
+
+    @property
+    def count(self) -> int:
+        """Windows per side."""
+        return (self.grid - self.window) // self.stride + 1
+
+
+def sr_layout(grid: int) -> SRLayout:
+    """Windows as generate_samples.py tiles a g x g grid for magnify."""
+    window = min(SR_WINDOW, grid)
+    stride = max(1, window // 2)
+    if grid not in SIZE_TOKENS:
+        raise ValueError(f"the low-res code grid must be 8, 16, 32 or 64 per side, got {grid}")
+    if (grid - window) % stride:
+        raise ValueError(f"cannot tile a {grid}x{grid} grid with {window}x{window} windows")
+    return SRLayout(grid, window, stride)
+
+
+def sr_positions(layout: SRLayout) -> List[Tuple[int, int]]:
+    """Window indices (i, j), row-major; window (i, j) starts at low-res (i*stride, j*stride)."""
+    return [(i, j) for i in range(layout.count) for j in range(layout.count)]
+
+
+def sr_row(tok: UnifiedTokenizer, text_ids: Sequence[int], low: np.ndarray, high: np.ndarray,
+           position: Tuple[int, int], layout: SRLayout) -> np.ndarray:
+    """One super-resolution training row (layout in the module docstring).
+
+    ``low`` holds g*g codes, ``high`` (2g)*(2g) codes, both row-major.
+    """
+    g, w, s = layout.grid, layout.window, layout.stride
+    i, j = position
+    low_grid = np.asarray(low).reshape(g, g)
+    high_grid = np.asarray(high).reshape(2 * g, 2 * g)
+    low_block = low_grid[i * s:i * s + w, j * s:j * s + w].reshape(-1)
+    high_block = high_grid[2 * i * s:2 * i * s + 2 * w, 2 * j * s:2 * j * s + 2 * w].reshape(-1)
+    head = [tok["[ROI1]"], *text_ids, tok[SIZE_TOKENS[g]], tok["[BOI1]"]]
+    middle = [tok[name] for name in SR_MIDDLE]
+    return np.concatenate([np.asarray(head, dtype=np.int64), low_block.astype(np.int64),
+                           np.asarray(middle, dtype=np.int64), high_block.astype(np.int64),
+                           np.asarray([tok["[EOI2]"]], dtype=np.int64)]).astype(np.int32)
