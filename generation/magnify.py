@@ -13,6 +13,16 @@ from typing import Callable, List, Sequence, Tuple
 import torch
 
 Window = Tuple[int, int, int]  # (window row, window column, high-res rows to generate)
+SIZE_TOKENS = {8: "[TINY]", 16: "[SMALL]", 32: "[BASE]", 64: "[BIG]"}
+
+
+def sr_middle_tokens(window: int = 16) -> List[str]:
+    """Tokens between a window's low-res codes and its high-res block.
+
+    The size token names the high-res block (2*window per side): [BASE] for the
+    original's 16 -> 32 windows, [SMALL] for 8 -> 16; training rows use the same.
+    """
+    return ["[EOI1]", "[ROI2]", "[POS0]", SIZE_TOKENS[2 * window], "[BOI2]"]
 
 
 def magnify_windows(grid: int, window: int = 16, stride: int = 8) -> List[Window]:
@@ -56,7 +66,7 @@ def magnify(low_res_code: torch.Tensor, text_prefix: Sequence[int], fill: Callab
         raise ValueError(f"low-resolution code of {code.numel()} tokens is not a square grid")
     grid = code.view(s, s)
     hi = torch.full((2 * s, 2 * s), -1, dtype=torch.long)
-    middle = [tokens["[EOI1]"], tokens["[ROI2]"], tokens["[POS0]"], tokens["[BASE]"], tokens["[BOI2]"]]
+    middle = [tokens[name] for name in sr_middle_tokens(window)]
     for i, j, rows in magnify_windows(s, window, stride):
         low = grid[i * stride:i * stride + window, j * stride:j * stride + window].reshape(-1)
         r0, c0 = 2 * stride * i, 2 * stride * j

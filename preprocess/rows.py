@@ -6,14 +6,15 @@ text2image rows are TextCodeDataset rows ``(caption, codes)`` or TokenizedDatase
 Super-resolution rows are built to be exactly what generation.magnify feeds the model
 for one window (so a model trained on them can run magnify):
 
-    [ROI1] text [size(g)] [BOI1] <w x w low-res codes> [EOI1] [ROI2] [POS0] [BASE] [BOI2]
+    [ROI1] text [size(g)] [BOI1] <w x w low-res codes> [EOI1] [ROI2] [POS0] [size(2w)] [BOI2]
     <2w x 2w high-res codes> [EOI2]
 
 g is the low-res grid (--img-size / VQ-VAE factor), w = min(16, g) the window and
 stride w/2, as generate_samples.py calls magnify. The low-res block is the window at
 (i*stride, j*stride) of the image encoded at --img-size; the high-res block is the
 matching 2w x 2w block at (2i*stride, 2j*stride) of the same image encoded at twice
---img-size. magnify always writes [POS0] and [BASE] there, so the rows do too.
+--img-size. The middle tokens come from generation.magnify.sr_middle_tokens, so the rows
+always match what magnify feeds the model.
 (The original's rows put the whole 32x32 overview and a [POSk] crop index in front of
 the crop, which magnify never feeds a model; see the README section.)
 """
@@ -26,8 +27,8 @@ import numpy as np
 
 from data_utils.templates import TextCodeTemplate
 from data_utils.unified_tokenizer import SIZE_TOKENS, UnifiedTokenizer
+from generation.magnify import sr_middle_tokens
 
-SR_MIDDLE = ("[EOI1]", "[ROI2]", "[POS0]", "[BASE]", "[BOI2]")
 SR_WINDOW = 16
 
 
@@ -89,7 +90,7 @@ def sr_row(tok: UnifiedTokenizer, text_ids: Sequence[int], low: np.ndarray, high
     low_block = low_grid[i * s:i * s + w, j * s:j * s + w].reshape(-1)
     high_block = high_grid[2 * i * s:2 * i * s + 2 * w, 2 * j * s:2 * j * s + 2 * w].reshape(-1)
     head = [tok["[ROI1]"], *text_ids, tok[SIZE_TOKENS[g]], tok["[BOI1]"]]
-    middle = [tok[name] for name in SR_MIDDLE]
+    middle = [tok[name] for name in sr_middle_tokens(w)]
     return np.concatenate([np.asarray(head, dtype=np.int64), low_block.astype(np.int64),
                            np.asarray(middle, dtype=np.int64), high_block.astype(np.int64),
                            np.asarray([tok["[EOI2]"]], dtype=np.int64)]).astype(np.int32)

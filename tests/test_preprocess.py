@@ -292,7 +292,7 @@ def test_super_resolution_cli_rows(assets, tmp_path):
         assert tuple(row.tolist()) in rows
     row = np.asarray(next(iter(rows)))
     names = [tok.DecodeIds([int(x)])[0][0] for x in row[row >= tok.command_offset]]
-    assert names == ["[ROI1]", "[TINY]", "[BOI1]", "[EOI1]", "[ROI2]", "[POS0]", "[BASE]", "[BOI2]", "[EOI2]"]
+    assert names == ["[ROI1]", "[TINY]", "[BOI1]", "[EOI1]", "[ROI2]", "[POS0]", "[SMALL]", "[BOI2]", "[EOI2]"]
     assert len(row) - np.argmax(row == tok["[BOI2]"]) - 2 == 16 * 16
 
 
