@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Pretrain CogView on several nodes: the original's recipe (2 nodes x 8 GPUs, InfiniBand,
+# ali_vqvae_hard_biggerset_011.lmdb, DeepSpeed ZeRO-1 with ds_config_zero.json, fp16).
+#
+# Two launch paths:
+#  * hostfile (the original's): run once, on the first node, with GPUs, passwordless ssh
+#    and pdsh (see env/): `deepspeed --hostfile $HOST_FILE_PATH` starts every node.
+#  * torchrun (no hostfile, no ssh): run on EVERY node with NODE_RANK=0..NUM_WORKERS-1 and
+#    MASTER_ADDR=<address of node 0>, e.g.
+#       NODE_RANK=0 MASTER_ADDR=10.0.0.1 bash scripts/pretrain_multiple_nodes.sh   # node 0
+#       NODE_RANK=1 MASTER_ADDR=10.0.0.1 bash scripts/pretrain_multiple_nodes.sh   # node 1
+#    This path is taken whenever NODE_RANK is set, and on machines without a GPU.
+# Without a GPU each node runs CPU_PROCS processes (default 1) on gloo, bf16 instead of fp16;
+# without NODE_RANK on such a machine it trains on this node alone.
+# Extra arguments go last, so they override the recipe.
+set -euo pipefail
+main_dir="$(dirname "$(dirname "$(realpath "$0")")")"
+PYTHON=${PYTHON:-python3}
+has_gpu() {
+    [ "${FORCE_CPU:-0}" != "1" ] && "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null
+}
+cpu_environment() {
+    # DeepSpeed on CPU: its CPU accelerator (gloo; oneCCL not needed), one thread per process
+    # unless the caller says otherwise (pretrain_gpt2.py also disables DeepSpeed's shm op)
+    export DS_ACCELERATOR=cpu
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+}
+
+NUM_WORKERS=${NUM_WORKERS:-2}
+NUM_GPUS_PER_WORKER=${NUM_GPUS_PER_WORKER:-8}
+MP_SIZE=${MP_SIZE:-1}
+OPTIONS_NCCL=${OPTIONS_NCCL:-"NCCL_DEBUG=info NCCL_IB_DISABLE=0 NCCL_SOCKET_IFNAME=ib0 NCCL_NET_GDR_LEVEL=2"}
+HOST_FILE_PATH=${HOST_FILE_PATH:-"$main_dir/hostfile"}
+config_json=${CONFIG_JSON:-"$main_dir/scripts/ds_config_zero.json"}
+
+gpt_options=(
+       --experiment-name cogview-ali_fashion_tutorial-12-1024-16
+       --img-tokenizer-num-tokens 8192
+       --dataset-type TokenizedDataset
+       --model-parallel-size "${MP_SIZE}"
+       --num-layers 12
+       --hidden-size 1024
+       --num-attention-heads 16
+       --save "$main_dir/data/checkpoints"
+       --train-iters 40000
+       --resume-dataloader
+       --train-data ./data/ali_vqvae_hard_biggerset_011.lmdb
+       --split 949,50,1
+       --distributed-backend nccl
+       --lr-decay-style cosine
+       --warmup .1
+       --checkpoint-activations
+       --deepspeed-activation-checkpointing
+       --max-position-embeddings 1089
+       --max-memory-length 0
+       --fp16
+       --deepspeed
+       --deepspeed_config "${config_json}"
+)
+
+if has_gpu && [ -z "${NODE_RANK:-}" ]; then
+    run_cmd=(env ${OPTIONS_NCCL} deepspeed --num_nodes "${NUM_WORKERS}" --num_gpus "${NUM_GPUS_PER_WORKER}"
+             --hostfile "${HOST_FILE_PATH}" "$main_dir/pretrain_gpt2.py" "${gpt_options[@]}" "$@")
+else
+    if has_gpu; then
+        procs=${NUM_GPUS_PER_WORKER}
+        device_args=()
+        env_prefix=(env ${OPTIONS_NCCL})
+    else
+        procs=${CPU_PROCS:-1}
+        device_args=(--device cpu)
+        env_prefix=(env)
+        cpu_environment
+        echo "No GPU found: training on CPU with ${procs} process(es) per node (gloo, bf16 instead of fp16)" >&2
+    fi
+    if [ -z "${NODE_RANK:-}" ]; then
+        echo "NODE_RANK is not set: training on this node only (set NODE_RANK and MASTER_ADDR on every node for several)" >&2
+        nodes=1; node_rank=0; master_addr=127.0.0.1
+    else
+        nodes=${NUM_WORKERS}; node_rank=${NODE_RANK}; master_addr=${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}
+    fi
+    run_cmd=("${env_prefix[@]}" "$PYTHON" -m torch.distributed.run --nnodes "${nodes}" --node_rank "${node_rank}"
+             --nproc_per_node "${procs}" --master_addr "${master_addr}" --master_port "${MASTER_PORT:-29500}"
+             "$main_dir/pretrain_gpt2.py" "${gpt_options[@]}" "${device_args[@]}" "$@")
+fi
+echo "${run_cmd[@]}"
+exec "${run_cmd[@]}"

@@ -1,0 +1,167 @@
+"""Training checkpoints in the layout the original's generate_samples.py loads.
+
+``<save>/<iter>/mp_rank_XX_model_states.pt`` holds ``module`` (the bare GPT2Model
+state dict) beside the optimizer, lr scheduler, RNG and data-position state and
+the model-shape flags; ``<save>/latest_checkpointed_iteration.txt`` is written
+last (after a barrier), so a crash mid-save leaves the previous checkpoint in
+force.  RNG states are stored as tensors, so the files load with
+``torch.load(weights_only=True)``.  With DeepSpeed the engine writes the files
+(plus its ZeRO shards) and our state goes in its ``client_state``.
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from arch import mpu
+from arch.checkpoint import (TRACKER_FILENAME, CheckpointError, check_state_dict, load_full_checkpoint,
+                             read_tracker, resolve_checkpoint_file, save_checkpoint, write_text_atomic)
+
+# flags that fix the shapes of the model's tensors (and how the files are split)
+MODEL_SHAPE_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "vocab_size",
+                     "max_position_embeddings", "model_parallel_size")
+
+
+def model_shape_args(args) -> dict:
+    return {name: int(getattr(args, name)) for name in MODEL_SHAPE_FLAGS}
+
+
+def check_model_shape_args(stored: Optional[dict], args, source: str) -> None:
+    """One-line CheckpointError naming the first flag that differs from the checkpoint's."""
+    if not stored:
+        return
+    for name, value in stored.items():
+        current = getattr(args, name, None)
+        if current is not None and int(current) != int(value):
+            flag = "--" + name.replace("_", "-")
+            hint = {"vocab_size": " (the padded tokenizer size: check --img-tokenizer-num-tokens, "
+                                  "--txt-tokenizer-path, --make-vocab-size-divisible-by)",
+                    "model_parallel_size": " (re-split the checkpoint with arch/change_mp.py)"}.get(name, "")
+            raise CheckpointError(f"{source}: {flag} is {int(value)} in the checkpoint but {int(current)} "
+                                  f"on the command line{hint}")
+
+
+# ------------------------------------------------------------------------------ RNG state
+
+def get_rng_state() -> dict:
+    """python, numpy, torch (CPU, CUDA) and tracker RNG states, all as tensors."""
+    version, internal, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "random_rng_state": {"version": torch.tensor(version), "state": torch.tensor(internal, dtype=torch.int64),
+                             "gauss": torch.tensor([] if gauss is None else [gauss], dtype=torch.float64)},
+        "np_rng_state": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": torch.tensor(pos),
+                         "has_gauss": torch.tensor(has_gauss),
+                         "cached_gaussian": torch.tensor(cached, dtype=torch.float64)},
+        "torch_rng_state": torch.get_rng_state(),
+        "rng_tracker_states": mpu.get_rng_tracker().get_states(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_rng_state"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["random_rng_state"]
+    gauss = py["gauss"].tolist()
+    random.setstate((int(py["version"]), tuple(int(x) for x in py["state"].tolist()),
+                     gauss[0] if gauss else None))
+    npst = state["np_rng_state"]
+    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), int(npst["pos"]),
+                         int(npst["has_gauss"]), float(npst["cached_gaussian"])))
+    torch.set_rng_state(state["torch_rng_state"])
+    if "cuda_rng_state" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng_state"])
+    mpu.get_rng_tracker().set_states(state["rng_tracker_states"])
+
+
+# --------------------------------------------------------------------------------- saving
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def training_state(args, data_position: int, skipped_steps: int) -> dict:
+    """What a resume needs besides weights, optimizer and scheduler."""
+    state = {"model_args": model_shape_args(args), "data_position": int(data_position),
+             "skipped_steps": int(skipped_steps)}
+    if not args.no_save_rng:
+        state.update(get_rng_state())
+    return state
+
+
+def save_training_checkpoint(save_dir: str, iteration: int, backend, scheduler, args,
+                             data_position: int, skipped_steps: int = 0) -> None:
+    """Every rank calls this; files per model-parallel rank, tracker last by global rank 0."""
+    os.makedirs(save_dir, exist_ok=True)
+    state = training_state(args, data_position, skipped_steps)
+    if backend.name == "deepspeed":
+        state.update(iteration=int(iteration), client_lr_scheduler=scheduler.state_dict())
+        backend.engine.save_checkpoint(save_dir, tag=str(iteration), client_state=state, save_latest=False)
+        if backend.engine.zero_optimization_stage() == 3:
+            # ZeRO-3 files hold partitions only: add the gathered weights in the layout
+            # generate_samples.py reads (collective call; rank 0 of each mp group writes)
+            module_state = backend.engine._zero3_consolidated_16bit_state_dict()
+            if mpu.get_data_parallel_rank() == 0:
+                save_checkpoint(save_dir, iteration, {k: v.cpu() for k, v in module_state.items()}, extra=state,
+                                mp_rank=mpu.get_model_parallel_rank(), write_tracker=False)
+    elif mpu.get_data_parallel_rank() == 0:
+        state["lr_scheduler"] = scheduler.state_dict()
+        if not args.no_save_optim:
+            state.update(backend.optimizer_state())
+        module_state = {k: v.detach().cpu() for k, v in backend.module.state_dict().items()}
+        save_checkpoint(save_dir, iteration, module_state, extra=state,
+                        mp_rank=mpu.get_model_parallel_rank(), write_tracker=False)
+    _barrier()
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        write_text_atomic(os.path.join(save_dir, TRACKER_FILENAME), str(iteration))
+    _barrier()
+
+
+# -------------------------------------------------------------------------------- loading
+
+def load_training_checkpoint(load_dir: str, backend, scheduler, args) -> Tuple[int, int, int]:
+    """Restore what the flags ask for; returns (iteration, data_position, skipped_steps).
+
+    A folder without tracker file starts from scratch (with a warning), as the original.
+    """
+    tag, release = read_tracker(load_dir) if os.path.isdir(load_dir) else (None, False)
+    if tag is None:
+        if os.path.isdir(load_dir):
+            print(f"WARNING: no {TRACKER_FILENAME} in {load_dir}; training starts from scratch", flush=True)
+            return 0, 0, 0
+        raise CheckpointError(f"--load {load_dir}: no such checkpoint folder")
+    mp_rank = mpu.get_model_parallel_rank()
+    file = resolve_checkpoint_file(load_dir, mp_rank)
+    ckpt = load_full_checkpoint(load_dir, trust=args.trust_checkpoint, mp_rank=mp_rank)
+    check_model_shape_args(ckpt.get("model_args"), args, file)
+    weights_only = release or args.finetune
+    if backend.name == "deepspeed":
+        if backend.engine.zero_optimization_stage() != 3:  # ZeRO-3 modules hold partitions
+            check_state_dict(backend.module, ckpt["module"], file)
+        backend.engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=not (weights_only or args.no_load_optim),
+                                       load_lr_scheduler_states=False, load_module_only=weights_only)
+        sched_state = ckpt.get("client_lr_scheduler")
+    else:
+        state = {k: v for k, v in ckpt["module"].items()}
+        check_state_dict(backend.module, state, file)
+        param = next(backend.module.parameters())
+        backend.module.load_state_dict({k: v.to(param.dtype) if v.is_floating_point() else v
+                                        for k, v in state.items()}, strict=True)
+        if not (weights_only or args.no_load_optim) and "optimizer" in ckpt:
+            backend.load_optimizer_state(ckpt)
+        sched_state = ckpt.get("lr_scheduler")
+    if weights_only:
+        return 0, 0, 0
+    if sched_state is not None and not args.no_load_optim:
+        scheduler.load_state_dict(sched_state)
+    if not args.no_load_rng and "torch_rng_state" in ckpt:
+        set_rng_state(ckpt)
+    iteration = int(ckpt.get("iteration", ckpt.get("total_iters", 0)))
+    return iteration, int(ckpt.get("data_position", iteration)), int(ckpt.get("skipped_steps", 0))

@@ -1,0 +1,100 @@
+"""Process groups, devices, seeds and model-parallel-aware gradient clipping.
+
+On a machine without a GPU everything runs on CPU with the gloo back end, so the
+same command trains on a laptop, on CPU nodes and on GPUs.
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Iterable, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from arch import mpu
+from arch.checkpoint import _split_rule
+
+
+def setup_device(args) -> torch.device:
+    """cuda:LOCAL_RANK when training on GPU with several processes, else args.device."""
+    if args.device.startswith("cuda") and args.world_size > 1:
+        count = torch.cuda.device_count()
+        device = torch.device("cuda", args.local_rank % max(1, count))
+    else:
+        device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def init_distributed(args, device: torch.device) -> None:
+    """init_process_group (env://, gloo on CPU) when WORLD_SIZE > 1 or DeepSpeed; mpu groups."""
+    needs_group = args.world_size > 1 or args.deepspeed
+    if needs_group and not dist.is_initialized():
+        backend = args.distributed_backend if device.type == "cuda" else "gloo"
+        os.environ.setdefault("MASTER_ADDR", "localhost")
+        os.environ.setdefault("MASTER_PORT", "6000")
+        os.environ.setdefault("RANK", str(args.rank))
+        os.environ.setdefault("WORLD_SIZE", str(args.world_size))
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+        dist.init_process_group(backend=backend, init_method="env://",
+                                world_size=args.world_size, rank=args.rank)
+    if args.world_size % args.model_parallel_size:
+        raise ValueError(f"world size {args.world_size} is not divisible by --model-parallel-size "
+                         f"{args.model_parallel_size}")
+    mpu.initialize_model_parallel(args.model_parallel_size)
+
+
+def set_random_seed(seed: int) -> None:
+    """python, numpy, torch and the model-parallel tracker (seed + 2718 + mp rank)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    mpu.model_parallel_manual_seed(seed)
+
+
+def is_model_parallel_split(name: str) -> bool:
+    """True for parameters whose slices differ between model-parallel ranks."""
+    return _split_rule(name)[0] is not None
+
+
+def grad_norm_sq(named_params: Iterable[Tuple[str, nn.Parameter]]) -> torch.Tensor:
+    """Squared global L2 norm: split grads summed over the mp group, replicated ones once."""
+    named_params = [(n, p) for n, p in named_params if p.grad is not None]
+    device = named_params[0][1].grad.device if named_params else torch.device("cpu")
+    split = torch.zeros((), dtype=torch.float64, device=device)
+    replicated = torch.zeros((), dtype=torch.float64, device=device)
+    for name, p in named_params:
+        sq = p.grad.detach().double().pow(2).sum()
+        if is_model_parallel_split(name):
+            split += sq
+        else:
+            replicated += sq
+    group = mpu.get_model_parallel_group()
+    if group is not None and mpu.get_model_parallel_world_size() > 1:
+        dist.all_reduce(split, group=group)
+    return split + replicated
+
+
+def clip_grad_norm(named_params, max_norm: float) -> float:
+    """Scale grads by max_norm / (norm + 1e-6) when the norm exceeds max_norm (Megatron rule)."""
+    named_params = list(named_params)
+    total = float(grad_norm_sq(named_params).sqrt())
+    if max_norm > 0:
+        coef = max_norm / (total + 1e-6)
+        if coef < 1:
+            for _, p in named_params:
+                if p.grad is not None:
+                    p.grad.detach().mul_(coef)
+    return total
+
+
+def all_reduce_mean(values: torch.Tensor, group=None) -> torch.Tensor:
+    """Mean over the group (data-parallel ranks); identity in a single process."""
+    if not dist.is_initialized():
+        return values
+    values = values.clone()
+    dist.all_reduce(values, group=group)
+    return values / dist.get_world_size(group=group)
