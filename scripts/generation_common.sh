@@ -47,3 +47,20 @@ resolve_checkpoint() {
     DEVICE_ARGS=(--device cpu)
   fi
 }
+
+# run_generate <task> <args...>: generate_samples.py with the resolved checkpoint, the
+# model/device arguments and TEMP/TOPK/TOPP; the caller's "$@" goes last, so it wins.
+run_generate() {
+  local task=$1
+  shift
+  python3 "$main_dir/generate_samples.py" \
+         --deepspeed \
+         "${MODEL_ARGS[@]}" \
+         "${DEVICE_ARGS[@]}" \
+         --load "$CHECKPOINT_PATH" \
+         --generation-task "$task" \
+         --temperature "${TEMP:-1.0}" \
+         --top_k "${TOPK:-200}" \
+         --top_p "${TOPP:-0}" \
+         "$@"
+}

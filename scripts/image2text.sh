@@ -1,27 +1,17 @@
 #!/usr/bin/env bash
-# Image to text (captioning): the original's image2text.sh, on GPU when there is one, else on CPU.
-# Extra arguments are passed through to generate_samples.py (last, so they win).
+# Image to text (captioning): the original's scripts/image2text.sh, on GPU when there is one, else on CPU.
+# Variables: CHECKPOINT_PATH NLAYERS NHIDDEN NATT MAXSEQLEN MPSIZE TEMP TOPK TOPP DEVICE
+# INPUT_SOURCE OUTPUT_PATH BATCH_SIZE MAX_INFERENCE_BATCH_SIZE; extra arguments are passed on.
 set -euo pipefail
 source "$(dirname "$(realpath "$0")")/generation_common.sh"
 resolve_checkpoint cogview-caption cogview-demo
-
 TEMP=${TEMP:-1.0}
-TOPK=${TOPK:-200}
-TOPP=${TOPP:-0}
 
-python3 "$main_dir/generate_samples.py" \
-       --deepspeed \
-       "${MODEL_ARGS[@]}" \
-       "${DEVICE_ARGS[@]}" \
-       --load "$CHECKPOINT_PATH" \
-       --generation-task "image2text" \
-       --temperature $TEMP \
-       --top_k $TOPK \
-       --top_p $TOPP \
-       --max-position-embeddings-finetune 1089 \
-       --input-source ${INPUT_SOURCE:-interactive} \
-       --output-path ${OUTPUT_PATH:-samples_image2text} \
-       --batch-size ${BATCH_SIZE:-8} \
-       --max-inference-batch-size ${MAX_INFERENCE_BATCH_SIZE:-8} \
-       --debug \
-       "$@"
+run_generate "image2text" \
+             --max-position-embeddings-finetune 1089 \
+             --input-source "${INPUT_SOURCE:-interactive}" \
+             --output-path "${OUTPUT_PATH:-samples_image2text}" \
+             --batch-size "${BATCH_SIZE:-8}" \
+             --max-inference-batch-size "${MAX_INFERENCE_BATCH_SIZE:-8}" \
+             --debug \
+             "$@"
