@@ -5,7 +5,7 @@ original ``model/gpt2_modeling.py``, so released checkpoints load strictly.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -40,17 +40,29 @@ class GPT2Model(nn.Module):
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask,
                 txt_indices_bool: Optional[torch.Tensor] = None,
                 img_indices_bool: Optional[torch.Tensor] = None, is_sparse: int = 0, *mems: torch.Tensor,
-                kv_cache: Optional[KVCache] = None):
+                kv_cache: Optional[KVCache] = None, last_only: bool = False,
+                vocab_range: Optional[Tuple[int, int]] = None):
         """Logits over the (vocab-split unless gathered) vocabulary for the new tokens.
 
         ``mems``: the original's hidden-state memories (returned updated when
         max_memory_length > 0).  ``kv_cache``: our cache, updated in place;
-        then no memories are returned.
+        then no memories are returned.  For sampling, ``last_only`` keeps the
+        last position and ``vocab_range=(lo, hi)`` computes only those logits
+        (one model-parallel rank): decoding is bound by reading weights, and the
+        58240-row output matrix is the largest one.
         """
         hidden = self.word_embeddings(input_ids)
         out, new_mems = self.transformer(hidden, position_ids, attention_mask, txt_indices_bool,
                                          img_indices_bool, is_sparse, mems, kv_cache)
-        logits = mpu.layers.parallel_lm_logits(out, self.word_embeddings.weight, self.parallel_output)
+        if last_only:
+            out = out[:, -1:]
+        weight = self.word_embeddings.weight
+        if vocab_range is not None and mpu.get_model_parallel_world_size() == 1:
+            logits = torch.nn.functional.linear(out, weight[vocab_range[0]:vocab_range[1]])
+        elif vocab_range is not None:
+            logits = mpu.layers.parallel_lm_logits(out, weight, False)[..., vocab_range[0]:vocab_range[1]]
+        else:
+            logits = mpu.layers.parallel_lm_logits(out, weight, self.parallel_output)
         return (logits, *new_mems)
 
     def new_kv_cache(self) -> KVCache:

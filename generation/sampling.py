@@ -91,20 +91,17 @@ def _positions(start: int, end: int, roi2_offset: torch.Tensor) -> torch.Tensor:
     return torch.where(pos > roi2_offset[:, None], pos - roi2_offset[:, None], pos)
 
 
-def _sample(logits: torch.Tensor, ranges: List[Tuple[int, int]], config: SamplingConfig,
+def _sample(logits: torch.Tensor, lo: int, ranges: List[Tuple[int, int]], config: SamplingConfig,
             generator: Optional[torch.Generator]):
-    """One token per row from its allowed range; returns (ids, log-probabilities of the picks).
+    """One token per row from its allowed range; ``logits`` hold ids lo, lo+1, ...
 
-    Sampling is the exponential race argmax(p / E), E ~ Exp(1): an exact draw from p
-    that costs one pass over the slice (torch.multinomial is much slower on CPU).
+    Returns (ids, log-probabilities of the picks).  Sampling is the exponential race
+    argmax(p / E), E ~ Exp(1): an exact draw from p that costs one pass over the
+    slice (torch.multinomial is much slower on CPU).
     """
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    if all(r == ranges[0] for r in ranges):
-        lo, hi = ranges[0]
-        logits = logits[:, lo:hi]
-    else:  # rows in different modes (a row sampled [BOI]/[EOI]): mask the full vocabulary
-        lo = 0
-        ids = torch.arange(logits.size(-1), device=logits.device)
+    if any(r != ranges[0] for r in ranges):  # rows in different modes: mask per row
+        ids = torch.arange(lo, lo + logits.size(-1), device=logits.device)
         bounds = torch.tensor(ranges, device=logits.device)
         allowed = (ids[None] >= bounds[:, :1]) & (ids[None] < bounds[:, 1:])
         logits = logits.masked_fill(~allowed, -float("inf"))
@@ -131,22 +128,24 @@ class _Runner:
         self.mems: List[torch.Tensor] = []
         self.fed = 0
 
-    def feed(self, tokens: torch.Tensor, end: int, roi2_offset: torch.Tensor) -> torch.Tensor:
-        """Run the model so that it has seen tokens[:, :end]; return the last logits."""
+    def feed(self, tokens: torch.Tensor, end: int, roi2_offset: torch.Tensor,
+             vocab_range: Tuple[int, int]) -> torch.Tensor:
+        """Run the model so that it has seen tokens[:, :end]; return the last position's
+        logits for ids in ``vocab_range`` (the mems path computes every logit of every
+        new position, as the original did, and slices afterwards)."""
         device = tokens.device
         start = 0 if self.mode == "full" else self.fed
         ids = tokens[:, start:end]
         pos = _positions(start, end, roi2_offset)
-        if start == 0:
-            mask = torch.ones(1, 1, end, end, device=device).tril_()
-        else:
-            mask = 0
+        mask = torch.ones(1, 1, end, end, device=device).tril_() if start == 0 else 0
         if self.mode == "kv-cache":
-            logits, *_ = self.model(ids, pos, mask, kv_cache=self.cache)
+            logits, *_ = self.model(ids, pos, mask, kv_cache=self.cache, last_only=True,
+                                    vocab_range=vocab_range)
         elif self.mode == "mems":
             logits, *self.mems = self.model(ids, pos, mask, None, None, 0, *self.mems)
+            logits = logits[..., vocab_range[0]:vocab_range[1]]
         else:
-            logits, *_ = self.model(ids, pos, mask)
+            logits, *_ = self.model(ids, pos, mask, last_only=True, vocab_range=vocab_range)
         self.fed = end
         return logits[:, -1]
 
@@ -195,15 +194,18 @@ def filling_sequence(model, seq: Sequence[int], batch_size: int, layout: TokenLa
             if known[p] == roi2:
                 offset.fill_(p)
             continue
-        logits = runner.feed(tokens, p, offset)
+        ranges = [mode] * tokens.size(0) if modes_per_row is None else modes_per_row
+        lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+        logits = runner.feed(tokens, p, offset, (lo, hi))
         if tokens.size(0) == 1 and batch_size > 1:
             runner.expand(batch_size)
             tokens = tokens.expand(batch_size, -1).clone()
             logits = logits.expand(batch_size, -1)
             offset = offset.expand(batch_size).clone()
             scores = scores.expand(batch_size).clone()
-        ranges = [mode] * tokens.size(0) if modes_per_row is None else modes_per_row
-        picked, logp = _sample(logits, ranges, config, generator)
+        if len(ranges) != tokens.size(0):
+            ranges = ranges * tokens.size(0)
+        picked, logp = _sample(logits, lo, ranges, config, generator)
         tokens[:, p] = picked
         scores = scores + logp
         if any(hi > first_command for _, hi in ranges):
