@@ -16,7 +16,7 @@ from typing import List, Optional
 import torch.distributed as dist
 
 from arguments import get_args
-from arch import CheckpointError, GPT2Model, mpu
+from arch import CheckpointError, GPT2Model, model_kwargs_from_args, mpu
 from learning_rates import get_learning_rate_scheduler
 from training.backends import make_backend
 from training.checkpointing import load_training_checkpoint, save_training_checkpoint
@@ -30,15 +30,9 @@ def get_model(args) -> GPT2Model:
 
     Training never feeds memories, so the model is built without them.
     """
-    return GPT2Model(num_layers=args.num_layers, vocab_size=args.vocab_size, hidden_size=args.hidden_size,
-                     num_attention_heads=args.num_attention_heads,
-                     embedding_dropout_prob=args.hidden_dropout, attention_dropout_prob=args.attention_dropout,
-                     output_dropout_prob=args.hidden_dropout, max_sequence_length=args.max_position_embeddings,
-                     max_memory_length=0, checkpoint_activations=args.checkpoint_activations,
-                     checkpoint_num_layers=args.checkpoint_num_layers, parallel_output=True,
-                     query_window=args.query_window, key_window_times=args.key_window_times,
-                     num_pivot=args.num_pivot, pb_relax_attention=args.pb_relax_attention,
-                     pb_relax_alpha=args.pb_relax_alpha)
+    kwargs = model_kwargs_from_args(args, args.vocab_size)
+    kwargs["max_memory_length"] = 0
+    return GPT2Model(**kwargs)
 
 
 def set_experiment_name(args) -> None:

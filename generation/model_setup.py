@@ -60,6 +60,25 @@ def apply_checkpoint_config(args, argv: Optional[Iterable[str]] = None) -> Optio
     return path
 
 
+def write_model_config(folder: str, args) -> str:
+    """Record the model-shape flags and tokenizer paths next to a checkpoint (atomically).
+
+    Tokenizer paths are stored relative to ``folder`` when they lie inside the
+    same tree, else absolute, so the folder can be moved with its tokenizers.
+    """
+    from arch.checkpoint import write_text_atomic
+
+    config = {}
+    for key in CONFIG_KEYS:
+        value = getattr(args, key, None)
+        if key.endswith("_path") and value:
+            value = os.path.relpath(os.path.abspath(value), os.path.abspath(folder))
+        config[key] = value
+    path = os.path.join(folder, MODEL_CONFIG_FILENAME)
+    write_text_atomic(path, json.dumps(config, indent=1) + "\n")
+    return path
+
+
 def load_generation_model(args, vocab_size: int) -> GPT2Model:
     """The GPT in eval mode on args.device in args.dtype, weights from --load (strict).
 
