@@ -153,7 +153,7 @@ class _Runner:
         """One prompt row -> ``rows`` samples."""
         index = torch.zeros(rows, dtype=torch.long)
         if self.cache is not None:
-            self.cache.select(index.to(self.cache.keys[0].device))
+            self.cache.select(index.to(self.cache.device))
         self.mems = [m.expand(rows, *m.shape[1:]).contiguous() for m in self.mems]
 
 
