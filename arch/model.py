@@ -58,7 +58,7 @@ class GPT2Model(nn.Module):
             out = out[:, -1:]
         weight = self.word_embeddings.weight
         if vocab_range is not None and mpu.get_model_parallel_world_size() == 1:
-            logits = torch.nn.functional.linear(out, weight[vocab_range[0]:vocab_range[1]])
+            logits = mpu.layers.linear(out, weight[vocab_range[0]:vocab_range[1]])
         elif vocab_range is not None:
             logits = mpu.layers.parallel_lm_logits(out, weight, False)[..., vocab_range[0]:vocab_range[1]]
         else:

@@ -110,3 +110,20 @@ def test_half_precision_forward_runs_and_stays_close(dtype):
     half, *_ = model.to(dtype)(ids, pos, mask.to(dtype))
     assert half.dtype == dtype and torch.isfinite(half).all()
     assert (half.float() - ref).abs().max() < 0.25 * ref.abs().max()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16, 17])
+def test_decode_linear_equals_f_linear(rows):
+    """The batched-GEMM kernel for a few rows on CPU computes the same linear map."""
+    from arch.mpu.layers import linear
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        w, b = torch.randn(96, 40, dtype=torch.float64), torch.randn(96, dtype=torch.float64)
+        x = torch.randn(rows, 1, 40, dtype=torch.float64)
+        with torch.no_grad():
+            torch.testing.assert_close(linear(x, w, b), torch.nn.functional.linear(x, w, b))
+            torch.testing.assert_close(linear(x, w[8:40]), torch.nn.functional.linear(x, w[8:40]))
+    finally:
+        torch.set_num_threads(threads)

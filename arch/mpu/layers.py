@@ -24,6 +24,30 @@ from .utils import divide, vocab_range_for_rank
 InitMethod = Callable[[torch.Tensor], torch.Tensor]
 
 
+SKINNY_ROWS = 16
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear``, with a faster kernel choice for decoding on CPU.
+
+    With a handful of rows (one token per sample) a linear layer only streams its
+    weight from memory; MKL's skinny-GEMM path does that at about a third of the
+    machine's read bandwidth, while a batched GEMM over row blocks of the weight
+    (one block per thread) reaches it.  Same maths, summed in a different order;
+    used only without autograd, so training always takes ``F.linear``.
+    """
+    parts = torch.get_num_threads()
+    rows = x.numel() // max(1, x.size(-1))
+    if (x.device.type != "cpu" or parts < 2 or rows > SKINNY_ROWS or torch.is_grad_enabled()
+            or weight.size(0) % parts or not weight.is_contiguous()):
+        return F.linear(x, weight, bias)
+    out_features, in_features = weight.shape
+    blocks = weight.view(parts, out_features // parts, in_features)
+    columns = x.reshape(rows, in_features).t().unsqueeze(0).expand(parts, in_features, rows)
+    out = torch.bmm(blocks, columns).permute(2, 0, 1).reshape(*x.shape[:-1], out_features)
+    return out + bias if bias is not None else out
+
+
 def strided_rows(master: torch.Tensor, rank: int, world: int, stride: int = 1) -> torch.Tensor:
     """Rows of ``master`` owned by ``rank``: cut into stride*world pieces, keep r, r+world, ..."""
     pieces = torch.chunk(master, stride * world, dim=0)
@@ -59,7 +83,7 @@ class ColumnParallelLinear(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(copy_to_model_parallel_region(x), self.weight, self.bias)
+        out = linear(copy_to_model_parallel_region(x), self.weight, self.bias)
         return gather_from_model_parallel_region(out) if self.gather_output else out
 
 
@@ -85,7 +109,7 @@ class RowParallelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.input_is_parallel:
             x = scatter_to_model_parallel_region(x)
-        out = reduce_from_model_parallel_region(F.linear(x, self.weight))
+        out = reduce_from_model_parallel_region(linear(x, self.weight))
         return out + self.bias if self.bias is not None else out
 
 
@@ -114,5 +138,5 @@ class VocabParallelEmbedding(nn.Module):
 def parallel_lm_logits(hidden: torch.Tensor, word_embeddings_weight: torch.Tensor,
                        parallel_output: bool, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Logits against the (vocab-split) tied embedding; gathered unless ``parallel_output``."""
-    logits = F.linear(copy_to_model_parallel_region(hidden), word_embeddings_weight, bias)
+    logits = linear(copy_to_model_parallel_region(hidden), word_embeddings_weight, bias)
     return logits if parallel_output else gather_from_model_parallel_region(logits)
