@@ -18,9 +18,10 @@ import torch
 class KVCache:
     """Per-layer keys and values, each [batch, local heads, length, head size]."""
 
-    def __init__(self, num_layers: int, max_length: int = 0):
+    def __init__(self, num_layers: int, max_length: int = 0, capacity: int = 0):
         self.num_layers = num_layers
         self.max_length = max_length  # 0: unbounded
+        self.capacity = capacity  # positions to allocate up front (e.g. the query length)
         self._keys: List[Optional[torch.Tensor]] = [None] * num_layers
         self._values: List[Optional[torch.Tensor]] = [None] * num_layers
         self._lengths = [0] * num_layers
@@ -45,7 +46,7 @@ class KVCache:
         buffer = self._keys[layer]
         if buffer is not None and buffer.size(2) >= needed:
             return
-        capacity = max(needed, 64, 2 * (0 if buffer is None else buffer.size(2)))
+        capacity = max(needed, 64, self.capacity, 2 * (0 if buffer is None else buffer.size(2)))
         b, n, _, d = like.shape
         keys = like.new_empty(b, n, capacity, d)
         values = like.new_empty(b, n, capacity, d)

@@ -65,9 +65,9 @@ class GPT2Model(nn.Module):
             logits = mpu.layers.parallel_lm_logits(out, weight, self.parallel_output)
         return (logits, *new_mems)
 
-    def new_kv_cache(self) -> KVCache:
-        """An empty cache with this model's memory window."""
-        return KVCache(self.num_layers, self.max_memory_length)
+    def new_kv_cache(self, capacity: int = 0) -> KVCache:
+        """An empty cache with this model's memory window, room for ``capacity`` positions."""
+        return KVCache(self.num_layers, self.max_memory_length, capacity)
 
 
 def model_kwargs_from_args(args, vocab_size: int) -> dict:

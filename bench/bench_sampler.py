@@ -9,7 +9,7 @@ positions):
     width, heads, vocabulary and positions (skipped if transformers is absent).
 
 "full" = a whole 32x32 image (1024 tokens) after a 10-token prompt;
-"at 1088" = the last 16 tokens of a 1088-token sequence, where the original's
+"at 1088" = the last 64 tokens of a 1088-token sequence, where the original's
 per-step cost is highest (the mems algorithm is only measured there: a full
 image would take hours).  Writes the "Sampler throughput" section of
 bench/RESULTS.md.
@@ -35,7 +35,7 @@ I, T = 8192, 50000
 NAMES = ["[PAD]", "[BOI1]", "[BOI2]", "[BOI3]", "[EOI1]", "[EOI2]", "[EOI3]", "[ROI1]", "[ROI2]", "[ROI3]",
          "[SEP]", "[MASK]", "[CLS]", "[ENC]", "[TINY]", "[SMALL]", "[BASE]", "[BIG]"] + [f"[POS{i}]" for i in range(9)]
 LAYOUT = TokenLayout(I, T, {n: I + T + k for k, n in enumerate(NAMES)})
-VOCAB, POSITIONS, TAIL = 58240, 1089, 16
+VOCAB, POSITIONS, TAIL = 58240, 1089, 64
 
 
 def prompt() -> list:

@@ -120,11 +120,11 @@ class _Runner:
     recomputed each step (the plain reference).
     """
 
-    def __init__(self, model, mode: str):
+    def __init__(self, model, mode: str, length: int = 0):
         if mode not in ("kv-cache", "mems", "full"):
             raise ValueError(f"unknown sampler {mode!r}: use kv-cache, mems or full")
         self.model, self.mode = model, mode
-        self.cache = model.new_kv_cache() if mode == "kv-cache" else None
+        self.cache = model.new_kv_cache(length) if mode == "kv-cache" else None
         self.mems: List[torch.Tensor] = []
         self.fed = 0
 
@@ -175,7 +175,7 @@ def filling_sequence(model, seq: Sequence[int], batch_size: int, layout: TokenLa
     modes = _Modes(layout)
     roi2 = layout.command_tokens.get("[ROI2]")
     first_command = layout.num_image_tokens + layout.num_text_tokens
-    runner = _Runner(model, sampler)
+    runner = _Runner(model, sampler, length)
     tokens = torch.tensor([max(t, 0) for t in known], dtype=torch.long, device=device).unsqueeze(0)
     mode = modes.text
     offset = torch.full((1,), NO_ROI2, dtype=torch.long, device=device)
