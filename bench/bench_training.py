@@ -103,8 +103,8 @@ def main(argv: List[str] = None) -> int:
             f"Matmul peak measured with the same threads: {peak:.1f} GFLOP/s (fp32 2048x2048 mm, best of 5). "
             "Model FLOPs/token = 6 x matmul parameters + 12 x layers x seq x hidden. The 12-layer model uses "
             "the released vocabulary (58240) but a short sequence (128) to keep the run to a few minutes; "
-            "at 1088 tokens the attention term grows and MFU changes. The 2 cores were shared with other jobs "
-            "while measuring, so expect noise of tens of percent.\n\n" + "\n".join(table))
+            f"at 1088 tokens the attention term grows and MFU changes. 1-minute load average at the start: "
+            f"{os.getloadavg()[0]:.1f} (other jobs on the 2 cores make the numbers noisy).\n\n" + "\n".join(table))
     if not opts.no_write:
         write_section("Training throughput", body)
     return 0

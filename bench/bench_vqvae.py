@@ -66,9 +66,9 @@ def main() -> None:
     body = (f"img2code on random {args.size}x{args.size} inputs, float32, eval mode, random weights; "
             "one warm-up call, then calls repeated for at least 4 s (released) / 2 s (small). "
             f"Command: `python bench/bench_vqvae.py{f' --threads {args.threads}' if args.threads else ''}`. "
-            f"The machine was shared with other jobs (1-minute load average {load:.1f} at the "
-            "start), so wall-clock throughput is a lower bound; CPU seconds per image (all "
-            "threads of this process) are less sensitive to that.\n\n"
+            f"1-minute load average at the start: {load:.1f} (other jobs make wall-clock "
+            "throughput a lower bound; CPU seconds per image, over all threads of this process, "
+            "are less sensitive to that).\n\n"
             + "\n".join(rows))
     if not args.no_write:
         write_section("VQ-VAE encoding", body)
