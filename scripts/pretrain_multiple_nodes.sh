@@ -14,17 +14,7 @@
 # without NODE_RANK on such a machine it trains on this node alone.
 # Extra arguments go last, so they override the recipe.
 set -euo pipefail
-main_dir="$(dirname "$(dirname "$(realpath "$0")")")"
-PYTHON=${PYTHON:-python3}
-has_gpu() {
-    [ "${FORCE_CPU:-0}" != "1" ] && "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null
-}
-cpu_environment() {
-    # DeepSpeed on CPU: its CPU accelerator (gloo; oneCCL not needed), one thread per process
-    # unless the caller says otherwise (pretrain_gpt2.py also disables DeepSpeed's shm op)
-    export DS_ACCELERATOR=cpu
-    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-}
+source "$(dirname "$(realpath "$0")")/training_common.sh"
 
 NUM_WORKERS=${NUM_WORKERS:-2}
 NUM_GPUS_PER_WORKER=${NUM_GPUS_PER_WORKER:-8}
@@ -33,30 +23,7 @@ OPTIONS_NCCL=${OPTIONS_NCCL:-"NCCL_DEBUG=info NCCL_IB_DISABLE=0 NCCL_SOCKET_IFNA
 HOST_FILE_PATH=${HOST_FILE_PATH:-"$main_dir/hostfile"}
 config_json=${CONFIG_JSON:-"$main_dir/scripts/ds_config_zero.json"}
 
-gpt_options=(
-       --experiment-name cogview-ali_fashion_tutorial-12-1024-16
-       --img-tokenizer-num-tokens 8192
-       --dataset-type TokenizedDataset
-       --model-parallel-size "${MP_SIZE}"
-       --num-layers 12
-       --hidden-size 1024
-       --num-attention-heads 16
-       --save "$main_dir/data/checkpoints"
-       --train-iters 40000
-       --resume-dataloader
-       --train-data ./data/ali_vqvae_hard_biggerset_011.lmdb
-       --split 949,50,1
-       --distributed-backend nccl
-       --lr-decay-style cosine
-       --warmup .1
-       --checkpoint-activations
-       --deepspeed-activation-checkpointing
-       --max-position-embeddings 1089
-       --max-memory-length 0
-       --fp16
-       --deepspeed
-       --deepspeed_config "${config_json}"
-)
+tutorial_recipe cogview-ali_fashion_tutorial-12-1024-16 TokenizedDataset ./data/ali_vqvae_hard_biggerset_011.lmdb 40000 "${config_json}"
 
 if has_gpu && [ -z "${NODE_RANK:-}" ]; then
     run_cmd=(env ${OPTIONS_NCCL} deepspeed --num_nodes "${NUM_WORKERS}" --num_gpus "${NUM_GPUS_PER_WORKER}"

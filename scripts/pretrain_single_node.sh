@@ -5,17 +5,7 @@
 # Without a GPU: torchrun on CPU with CPU_PROCS processes (default 1); DeepSpeed runs on
 # gloo and fp16 becomes bf16.  Extra arguments go last, so they override the recipe.
 set -euo pipefail
-main_dir="$(dirname "$(dirname "$(realpath "$0")")")"
-PYTHON=${PYTHON:-python3}
-has_gpu() {
-    [ "${FORCE_CPU:-0}" != "1" ] && "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null
-}
-cpu_environment() {
-    # DeepSpeed on CPU: its CPU accelerator (gloo; oneCCL not needed), one thread per process
-    # unless the caller says otherwise (pretrain_gpt2.py also disables DeepSpeed's shm op)
-    export DS_ACCELERATOR=cpu
-    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-}
+source "$(dirname "$(realpath "$0")")/training_common.sh"
 
 NUM_WORKERS=${NUM_WORKERS:-1}
 NUM_GPUS_PER_WORKER=${NUM_GPUS_PER_WORKER:-8}
@@ -24,31 +14,8 @@ OPTIONS_NCCL=${OPTIONS_NCCL:-"NCCL_DEBUG=info"}
 HOST_FILE_PATH=${HOST_FILE_PATH:-"hostfile_single"}
 config_json=${CONFIG_JSON:-"$main_dir/scripts/ds_config.json"}
 
-gpt_options=(
-       --experiment-name cogview-bird_animal_tutorial-12-1024-16
-       --img-tokenizer-num-tokens 8192
-       --dataset-type CompactBinaryDataset
-       --model-parallel-size "${MP_SIZE}"
-       --num-layers 12
-       --hidden-size 1024
-       --num-attention-heads 16
-       --save "$main_dir/data/checkpoints"
-       --train-iters 20000
-       --resume-dataloader
-       --train-data ./data/bird_animal.bin
-       --split 949,50,1
-       --distributed-backend nccl
-       --lr-decay-style cosine
-       --warmup .1
-       --checkpoint-activations
-       --deepspeed-activation-checkpointing
-       --max-position-embeddings 1089
-       --max-memory-length 0
-       --fp16
-       --txt-loss-scale 5
-       --deepspeed
-       --deepspeed_config "${config_json}"
-)
+tutorial_recipe cogview-bird_animal_tutorial-12-1024-16 CompactBinaryDataset ./data/bird_animal.bin 20000 "${config_json}"
+gpt_options+=(--txt-loss-scale 5)
 
 if has_gpu; then
     hostfile_args=()

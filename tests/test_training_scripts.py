@@ -14,7 +14,7 @@ import pytest
 from .training_data import tiny_flags, tiny_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHELL_FILES = ["scripts/pretrain_single_node.sh", "scripts/pretrain_multiple_nodes.sh",
+SHELL_FILES = ["scripts/pretrain_single_node.sh", "scripts/pretrain_multiple_nodes.sh", "scripts/training_common.sh",
                "env/start_docker.sh"]
 
 

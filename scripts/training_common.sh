@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Shared by pretrain_single_node.sh and pretrain_multiple_nodes.sh (sourced, not run).
+main_dir="$(dirname "$(dirname "$(realpath "${BASH_SOURCE[0]}")")")"
+PYTHON=${PYTHON:-python3}
+
+has_gpu() {
+    [ "${FORCE_CPU:-0}" != "1" ] && "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null
+}
+
+cpu_environment() {
+    # DeepSpeed on CPU: its CPU accelerator (gloo; oneCCL not needed), one thread per process
+    # unless the caller says otherwise (pretrain_gpt2.py also disables DeepSpeed's shm op)
+    export DS_ACCELERATOR=cpu
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+}
+
+# tutorial_recipe <experiment> <dataset type> <train data> <train iters> <DeepSpeed json>:
+# sets gpt_options to the options both original tutorial scripts share
+# (12 layers, 1024 hidden, 16 heads, 1089 positions, cosine, warm-up 0.1, fp16, DeepSpeed).
+tutorial_recipe() {
+    gpt_options=(
+       --experiment-name "$1"
+       --img-tokenizer-num-tokens 8192
+       --dataset-type "$2"
+       --model-parallel-size "${MP_SIZE}"
+       --num-layers 12
+       --hidden-size 1024
+       --num-attention-heads 16
+       --save "$main_dir/data/checkpoints"
+       --train-iters "$4"
+       --resume-dataloader
+       --train-data "$3"
+       --split 949,50,1
+       --distributed-backend nccl
+       --lr-decay-style cosine
+       --warmup .1
+       --checkpoint-activations
+       --deepspeed-activation-checkpointing
+       --max-position-embeddings 1089
+       --max-memory-length 0
+       --fp16
+       --deepspeed
+       --deepspeed_config "$5"
+    )
+}
