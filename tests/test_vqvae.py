@@ -302,3 +302,18 @@ def test_quantizer_picks_first_code_on_ties():
     quant, diff, ids = q(z)
     assert (ids == 1).all() and float(diff) == 0.0
     torch.testing.assert_close(quant, z)
+
+
+def test_original_checkpoint_with_resblocks_loads_with_the_original_resblock(tmp_path):
+    """A file written by the original code (bare state dict, no config) was trained with the
+    in-place ReLU skip, so load_model reproduces it; our own checkpoints keep the fix."""
+    import vqvae
+    torch.manual_seed(0)
+    original = VQVAE(channel=16, n_res_block=1, n_res_channel=8, embed_dim=8, n_embed=16, stride=4,
+                     legacy_inplace_relu=True).eval()
+    torch.save({"module." + k: v for k, v in original.state_dict().items()}, tmp_path / "orig.pt")
+    loaded = vqvae.load_model(str(tmp_path / "orig.pt"))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[0], original(x)[0])
+    assert vqvae.load_model(str(tmp_path / "orig.pt"), legacy_inplace_relu=False).enc_b is not None

@@ -157,6 +157,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     Constructor arguments come from the file's stored 'config', else from the state dict's key
     names and shapes; explicit ``constructor_kwargs`` override either. Any problem raises a
     one-line ValueError naming the file.
+
+    A checkpoint without a stored config was written by the original code, whose ResBlocks
+    had the in-place ReLU (the skip adds relu(input)); such a model was trained with that
+    function, so it is loaded with ``legacy_inplace_relu=True`` unless the caller says
+    otherwise (moot for the released model, which has no ResBlocks).
     """
     where = os.fspath(path)
     sd, config, _ = read_checkpoint(where)
@@ -164,6 +169,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
         kwargs = {k: v for k, v in (config or infer_config(sd)).items() if k in CONSTRUCTOR_ARGS}
     except ValueError as exc:
         raise ValueError(f"cannot load VQ-VAE from {where}: {exc}") from None
+    if config is None and kwargs.get("n_res_block", 0) > 0:
+        kwargs.setdefault("legacy_inplace_relu", True)
     kwargs.update(constructor_kwargs)
     try:
         model = VQVAE(**kwargs)
