@@ -62,16 +62,10 @@ class Generator:
         n = batch_size or self.args.batch_size
         bar = tqdm(total=count_to_generate(ids) * n, desc=desc or "tokens", unit="tok", leave=False,
                    mininterval=1.0, file=sys.stderr)
-        calls = {"k": 0}
-
-        def tick():
-            calls["k"] += 1
-            bar.update(min(self.args.max_inference_batch_size, n))
-
         try:
             return generate_in_chunks(self.model, ids, n, self.args.max_inference_batch_size, self.layout,
                                       config=self.config, device=self.device, sampler=self.args.sampler,
-                                      generator=self.generator, on_token=tick)
+                                      generator=self.generator, on_token=bar.update)
         finally:
             bar.close()
 

@@ -49,7 +49,7 @@ def timed_sampling(model, seq, batch, sampler, seed=0):
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     filling_sequence(model, seq, batch, LAYOUT, SamplingConfig(top_k=200), sampler=sampler, generator=gen,
-                     on_token=lambda: stamps.append(time.perf_counter()))
+                     on_token=lambda rows: stamps.append(time.perf_counter()))
     return time.perf_counter() - start, stamps[-1] - stamps[0]
 
 

@@ -161,10 +161,10 @@ class _Runner:
 def filling_sequence(model, seq: Sequence[int], batch_size: int, layout: TokenLayout,
                      config: SamplingConfig = SamplingConfig(), device: torch.device = torch.device("cpu"),
                      sampler: str = "kv-cache", generator: Optional[torch.Generator] = None,
-                     on_token: Optional[Callable[[], None]] = None, return_scores: bool = False):
+                     on_token: Optional[Callable[[int], None]] = None, return_scores: bool = False):
     """Fill every -1 of ``seq`` for ``batch_size`` samples; returns [batch_size, len(seq)] ids.
 
-    ``on_token`` is called after each sampled position (progress bars).
+    ``on_token(rows)`` is called after each sampled position (progress bars).
     With ``return_scores`` also returns the summed log-probability of each sample.
     """
     known = [int(t) for t in seq]
@@ -217,7 +217,7 @@ def filling_sequence(model, seq: Sequence[int], batch_size: int, layout: TokenLa
                     if t == roi2:
                         offset[row] = p
         if on_token is not None:
-            on_token()
+            on_token(tokens.size(0))
     if tokens.size(0) != batch_size:
         tokens = tokens.expand(batch_size, -1)
         scores = scores.expand(batch_size)
