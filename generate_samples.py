@@ -163,17 +163,15 @@ class Generator:
         region = parse_region(region_text)
         ids = self.parse(task_template("inpainting", self.grid).format(text, path))
         boi = ids.index(self.tokenizer["[BOI1]"])
-        codes = ids[boi + 1:]
-        for k, hole in enumerate(region_mask(region, self.grid)):
-            if hole:
-                codes[k] = -1
+        original_codes = ids[boi + 1:]
+        codes = [-1 if hole else c for c, hole in zip(original_codes, region_mask(region, self.grid))]
         ids = ids[:boi + 1] + codes
         start = time.time()
         seqs = self.sample(ids, desc=f"line {query.line_number}")
         images = [self.last_image(s) for s in seqs]
-        original = self.tokenizer.img_tokenizer.DecodeIds(torch.tensor(self.parse(
-            task_template("inpainting", self.grid).format(text, path))[boi + 1:])).float().cpu()
-        where = self.save(query, images, extra_first=[original] if self.args.debug else [])
+        extra = ([self.tokenizer.img_tokenizer.DecodeIds(torch.tensor(original_codes)).float().cpu()]
+                 if self.args.debug else [])
+        where = self.save(query, images, extra_first=extra)
         self.report(query, len(images), time.time() - start, where)
 
     def run(self, query: Query) -> None:

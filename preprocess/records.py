@@ -50,24 +50,25 @@ def detect_format(path: str) -> str:
 
 
 def _lines(path: str) -> Iterator[Tuple[int, Optional[str]]]:
-    """(line number, text) per line; text None for a line that is not valid UTF-8."""
+    """(line number, text) per non-blank line; text None for a line that is not valid UTF-8."""
     with open(path, "rb") as f:
         data = f.read()
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     for n, raw in enumerate(data.split(b"\n"), 1):
         try:
-            yield n, raw.rstrip(b"\r").decode("utf-8")
+            line = raw.rstrip(b"\r").decode("utf-8")
         except UnicodeDecodeError:
             yield n, None
+            continue
+        if line.strip():
+            yield n, line
 
 
 def _tsv_entries(path: str) -> Iterator[Tuple[int, Optional[str], Optional[str], Optional[str]]]:
     for n, line in _lines(path):
         if line is None:
             yield n, None, None, "line is not valid UTF-8"
-            continue
-        if not line.strip():
             continue
         if "\t" not in line:
             yield n, line.strip(), None, "no TAB between image path and caption"
@@ -95,8 +96,6 @@ def _json_entries(path: str) -> Iterator[Tuple[int, Optional[str], Optional[str]
         for n, line in _lines(path):
             if line is None:
                 yield n, None, None, "line is not valid UTF-8"
-                continue
-            if not line.strip():
                 continue
             try:
                 numbered.append((n, json.loads(line)))
