@@ -23,7 +23,7 @@ from arch import CheckpointError
 from arguments import get_args
 from generation import SamplingConfig, TokenLayout, generate_in_chunks, inverse_prompt_score, magnify
 from generation.model_setup import apply_checkpoint_config, load_generation_model
-from generation.outputs import save_debug_grid, save_samples, to_side
+from generation.outputs import first_sentence, save_debug_grid, save_samples, to_side
 from generation.queries import (Query, QueryError, check_command_tokens, check_positions, parse_region,
                                 region_mask, split_line, task_template)
 from generation.sampling import count_to_generate
@@ -108,7 +108,7 @@ class Generator:
         roi1 = ids.index(self.tokenizer["[ROI1]"])
         for k, seq in enumerate(seqs):
             texts, _ = self.tokenizer.DecodeIds(seq[roi1 + 1:].tolist())
-            caption = " ".join(t for t in texts if not t.startswith("[")).strip()
+            caption = first_sentence(" ".join(t for t in texts if not t.startswith("[")))
             print(f"line {query.line_number} sample {k}: {caption}", flush=True)
         print(f"line {query.line_number}: {len(seqs)} caption(s) in {time.time() - start:.1f}s", flush=True)
 

@@ -38,3 +38,18 @@ def save_debug_grid(images: List[torch.Tensor], folder: str, label: str, side: i
     batch = torch.cat([to_side(im, side) for im in images]).clamp(0, 1)
     save_image(batch[0] if batch.size(0) == 1 else batch, path)  # one image: no grid border
     return path
+
+
+SENTENCE_ENDS = (".", "。", "!", "！", "?", "？")
+
+
+def first_sentence(text: str) -> str:
+    """A generated caption up to its first sentence end (kept), else all of it.
+
+    The caption positions are a fixed number of [MASK]s; a model trained on captions that
+    end with a full stop fills the rest with whatever follows, which is not caption.
+    """
+    text = text.strip()
+    ends = [i for i in (text.find(e) for e in SENTENCE_ENDS) if i >= 0]
+    return text[:min(ends) + 1] if ends else text
+

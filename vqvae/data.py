@@ -81,8 +81,14 @@ class LmdbImageDataset(_Images):
 
     def __init__(self, path: str, img_size: int):
         self.path, self.img_size = path, img_size
-        with self._environment().begin() as txn:
-            raw = txn.get(b"length")
+        # read the length with a short-lived handle: py-lmdb refuses to open a path that a
+        # forked DataLoader worker inherited as open from its parent
+        env = self._open_environment()
+        try:
+            with env.begin() as txn:
+                raw = txn.get(b"length")
+        finally:
+            env.close()
         if raw is None or not raw.strip().isdigit():
             raise ValueError(f"{path}: LMDB without a numeric 'length' key")
         self.length = int(raw)
@@ -94,12 +100,17 @@ class LmdbImageDataset(_Images):
 
         key = (os.getpid(), os.path.abspath(self.path))
         if key not in _ENVS:
-            try:
-                _ENVS[key] = lmdb.open(self.path, readonly=True, lock=False, readahead=False,
-                                       meminit=False, max_readers=32, subdir=os.path.isdir(self.path))
-            except lmdb.Error as exc:
-                raise ValueError(f"{self.path}: cannot open as LMDB ({exc})") from None
+            _ENVS[key] = self._open_environment()
         return _ENVS[key]
+
+    def _open_environment(self):
+        import lmdb
+
+        try:
+            return lmdb.open(self.path, readonly=True, lock=False, readahead=False,
+                             meminit=False, max_readers=32, subdir=os.path.isdir(self.path))
+        except lmdb.Error as exc:
+            raise ValueError(f"{self.path}: cannot open as LMDB ({exc})") from None
 
     def __len__(self) -> int:
         return self.length

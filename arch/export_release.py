@@ -1,0 +1,94 @@
+"""Turn a training checkpoint into a small release folder (what pretrained/ ships).
+
+    python -m arch.export_release gpt SRC DST [--dtype float16] \
+        [--img-tokenizer-path VQVAE.pt] [--txt-tokenizer-path TOK.model]
+    python -m arch.export_release vqvae SRC.pt DST.pt
+
+gpt: reads the tracked iteration of SRC (the original layout), keeps only the weights
+(``module``) and the iteration, stores floating tensors in --dtype, and writes
+``DST/<iteration>/mp_rank_00_model_states.pt`` + the tracker file, then SRC's
+model_config.json with tokenizer paths rewritten relative to DST (or replaced by the
+given ones). vqvae: the weights and constructor config of a vqvae.train checkpoint,
+without optimizer and RNG state (fp32: nearest-code search is sensitive to rounding).
+Every file is written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+import torch
+
+from .checkpoint import (CheckpointError, _atomic_torch_save, load_checkpoint_state, read_tracker,
+                         save_checkpoint, write_text_atomic)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+CONFIG = "model_config.json"
+
+
+def export_gpt(src: str, dst: str, dtype: str = "float16", img_tokenizer_path: Optional[str] = None,
+               txt_tokenizer_path: Optional[str] = None) -> str:
+    tag, _ = read_tracker(src)
+    if tag is None:
+        raise CheckpointError(f"{src}: no latest_checkpointed_iteration.txt; nothing to export")
+    state = load_checkpoint_state(src)
+    cast = {k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    config_path = os.path.join(src, CONFIG)
+    if not os.path.isfile(config_path):
+        raise CheckpointError(f"{config_path}: missing; export needs the model shape recorded by training")
+    with open(config_path) as f:
+        config = json.load(f)
+    os.makedirs(dst, exist_ok=True)
+    for key, given in (("img_tokenizer_path", img_tokenizer_path), ("txt_tokenizer_path", txt_tokenizer_path)):
+        value = given
+        if value is None and config.get(key):
+            value = config[key] if os.path.isabs(config[key]) else os.path.join(src, config[key])
+        if value:
+            if not os.path.exists(value):
+                raise CheckpointError(f"{key} {value}: no such file")
+            config[key] = os.path.relpath(os.path.abspath(value), os.path.abspath(dst))
+    file = save_checkpoint(dst, tag, cast)
+    write_text_atomic(os.path.join(dst, CONFIG), json.dumps(config, indent=1) + "\n")
+    return file
+
+
+def export_vqvae(src: str, dst: str) -> str:
+    from vqvae.api import read_checkpoint
+
+    try:
+        sd, config, _ = read_checkpoint(src)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    if config is None:
+        raise CheckpointError(f"{src}: no stored config (not a vqvae.train checkpoint)")
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    _atomic_torch_save({"model": sd, "config": config}, dst)
+    return dst
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m arch.export_release", description=__doc__.split("\n\n")[0])
+    p.add_argument("kind", choices=["gpt", "vqvae"])
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
+    p.add_argument("--img-tokenizer-path")
+    p.add_argument("--txt-tokenizer-path")
+    a = p.parse_args(argv)
+    try:
+        if a.kind == "gpt":
+            out = export_gpt(a.src, a.dst, a.dtype, a.img_tokenizer_path, a.txt_tokenizer_path)
+        else:
+            out = export_vqvae(a.src, a.dst)
+    except (CheckpointError, OSError, ValueError) as exc:
+        print(f"export_release: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Evaluate the shipped demo models on held-out shapes scenes (scripts/eval_demo.sh).
+
+    python bench/eval_demo.py [--model pretrained/cogview/cogview-demo]
+        [--sr-model pretrained/cogview/cogview-demo-sr] [--prompts 100] [--write-results]
+
+Every prompt and image comes from held-out scenes (data_utils.shapes.HELD_OUT_PAIRS: a
+(colour, shape) pair the models never saw). Images are scored by the grammar checker
+(data_utils.shapes_checker), captions by parsing them back into scenes.
+
+- vqvae ceiling: checker accuracy on VQ-VAE reconstructions of the rendered scenes;
+- text2image: one image per prompt (one- and two-object, English and Chinese);
+- image2text: one caption per rendered image, every attribute must match;
+- post-selection: 8 images per prompt, the best by inverse_prompt_score vs a random pick
+  (the mean over the 8);
+- super-resolution: PSNR of magnify's output against the render at twice the size, vs
+  bicubic upsampling of the low-resolution render.
+Numbers go to stdout as JSON and, with --write-results, to bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from collections import defaultdict
+from typing import Dict, List, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np
+import torch
+from PIL import Image
+
+from data_utils.shapes import (Scene, all_scenes, caption, parse_caption, render)
+from data_utils.shapes_checker import check_image
+
+LANGUAGES = ("en", "zh")
+
+
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    """[1, 3, H, W] or [3, H, W] in [0, 1] -> H x W x 3 uint8."""
+    x = image.detach().float().reshape(-1, *image.shape[-3:])[0].clamp(0, 1)
+    return (x.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+
+
+def _rate(flags: Sequence[Dict[str, bool]]) -> Dict[str, float]:
+    keys = flags[0].keys() if flags else []
+    return {k: round(100.0 * sum(f[k] for f in flags) / len(flags), 1) for k in keys}
+
+
+def held_out_scenes(count: int, seed: int) -> Dict[str, List[Scene]]:
+    rng = random.Random(seed)
+    held = all_scenes("held-out")
+    ones = [s for s in held if s.second is None]
+    twos = [s for s in held if s.second is not None]
+    return {"one": rng.sample(ones, count), "two": rng.sample(twos, count)}
+
+
+class Demo:
+    """A loaded demo checkpoint behind generate_samples.Generator."""
+
+    def __init__(self, load: str, extra: Sequence[str] = ()):
+        from arguments import get_args
+        from generate_samples import Generator, setup
+
+        argv = ["--load", load, "--device", "cpu", "--input-source", os.devnull, *extra]
+        args = get_args(argv)
+        tokenizer, model = setup(args, argv)
+        self.gen = Generator(args, tokenizer, model)
+        self.tok = tokenizer
+
+    def encode(self, image: Image.Image) -> List[int]:
+        from vqvae import img2code, normalize
+        from vqvae.image_io import pil_to_tensor
+        x = normalize(pil_to_tensor(image))[None]
+        return img2code(self.tok.img_tokenizer.model, x)[0].tolist()
+
+    def decode(self, codes) -> np.ndarray:
+        return _to_uint8(self.tok.img_tokenizer.DecodeIds(torch.as_tensor(codes)))
+
+    def text2image(self, prompt: str, n: int) -> List[np.ndarray]:
+        from generation.queries import task_template
+        ids = self.gen.parse(task_template("text2image", self.gen.grid).format(prompt))
+        return [_to_uint8(self.gen.last_image(s)) for s in self.gen.sample(ids, batch_size=n)]
+
+    def caption(self, codes: Sequence[int]) -> str:
+        from generation.outputs import first_sentence
+        from generation.queries import CAPTION_LENGTH
+        t = self.tok
+        size = t.command_tokens[{8: "[TINY]", 16: "[SMALL]", 32: "[BASE]", 64: "[BIG]"}[self.gen.grid]]
+        ids = [size, t["[BOI1]"], *codes, t["[EOI1]"], t["[ROI1]"]] + [-1] * CAPTION_LENGTH
+        seq = self.gen.sample(ids, batch_size=1)[0]
+        texts, _ = t.DecodeIds(seq[len(ids) - CAPTION_LENGTH:].tolist())
+        return first_sentence(" ".join(x for x in texts if not x.startswith("[")))
+
+    def scores(self, codes: Sequence[Sequence[int]], text: str) -> List[float]:
+        from generation.post_selection import inverse_prompt_score
+        t = self.tok
+        size = t.command_tokens[{8: "[TINY]", 16: "[SMALL]", 32: "[BASE]", 64: "[BIG]"}[self.gen.grid]]
+        rows = torch.tensor([[size, t["[BOI1]"], *c, t["[EOI1]"], t["[ROI1]"], *t(text)] for c in codes])
+        return inverse_prompt_score(self.gen.model, rows, t["[ROI1]"], t.num_image_tokens).tolist()
+
+
+def evaluate(args) -> dict:
+    torch.manual_seed(args.seed)
+    scenes = held_out_scenes(args.prompts, args.seed)
+    results: dict = {"prompts_per_kind": args.prompts}
+    demo = Demo(args.model, ["--temperature", str(args.temperature), "--top_k", str(args.top_k),
+                             "--seed", str(args.seed), "--max-inference-batch-size", "8"])
+    size = demo.gen.args.img_size
+
+    # VQ-VAE ceiling: the checker on reconstructions
+    flags = defaultdict(list)
+    for kind, group in scenes.items():
+        for s in group:
+            flags[kind].append(check_image(s, demo.decode(demo.encode(render(s, size)))))
+    results["vqvae_ceiling"] = {k: _rate(v) for k, v in flags.items()}
+
+    # text2image, alternating English and Chinese prompts
+    flags, seconds, images = defaultdict(list), 0.0, 0
+    for kind, group in scenes.items():
+        for i, s in enumerate(group):
+            start = time.time()
+            img = demo.text2image(caption(s, LANGUAGES[i % 2]), 1)[0]
+            seconds += time.time() - start
+            images += 1
+            flags[kind].append(check_image(s, img))
+    results["text2image"] = {k: _rate(v) for k, v in flags.items()}
+    results["text2image_seconds_per_image"] = round(seconds / images, 3)
+
+    # image2text on rendered held-out images
+    flags = defaultdict(list)
+    examples = []
+    for kind, group in scenes.items():
+        for s in group:
+            text = demo.caption(demo.encode(render(s, size)))
+            got = parse_caption(text.rstrip(".。"))
+            ok = {"parsed": got is not None, "all": got == s}
+            if got is not None and s.second is None:
+                ok.update(background=got.background == s.background, colour=got.first.colour == s.first.colour,
+                          shape=got.first.shape == s.first.shape, position=got.position == s.position,
+                          size=got.size == s.size)
+            flags[kind].append(ok)
+            if len(examples) < 6:
+                examples.append(f"{caption(s, 'en')} -> {text}")
+    results["image2text"] = {k: {"all": _rate([{"all": f["all"]} for f in v])["all"],
+                                 "parsed": _rate([{"p": f["parsed"]} for f in v])["p"]} for k, v in flags.items()}
+    results["image2text_examples"] = examples
+
+    # post-selection: best of 8 by the caption likelihood vs a random pick
+    best, rand = [], []
+    n_ps = max(1, args.prompts // 2)
+    for kind, group in scenes.items():
+        for i, s in enumerate(group[:n_ps]):
+            prompt = caption(s, LANGUAGES[i % 2])
+            imgs = demo.text2image(prompt, 8)
+            ok = [check_image(s, im)["all"] for im in imgs]
+            sc = demo.scores([demo.encode(Image.fromarray(im)) for im in imgs], prompt)
+            best.append(ok[int(np.argmax(sc))])
+            rand.append(float(np.mean(ok)))
+    results["post_selection"] = {"prompts": len(best), "best_of_8_all_right": round(100 * np.mean(best), 1),
+                                 "random_pick_all_right": round(100 * np.mean(rand), 1)}
+
+    # super-resolution
+    if args.sr_model:
+        from generation.magnify import magnify
+        sr = Demo(args.sr_model, ["--temperature", "1.0", "--top_k", str(args.top_k), "--seed", str(args.seed)])
+        t = sr.tok
+        ps_sr, ps_bic, ps_vq, secs = [], [], [], 0.0
+        group = (scenes["one"][:args.sr_images // 2] + scenes["two"][:args.sr_images - args.sr_images // 2])
+        for i, s in enumerate(group):
+            low_img, high = render(s, size), np.asarray(render(s, 2 * size))
+            low = torch.tensor(sr.encode(low_img))
+            prefix = [t["[ROI1]"], *t(caption(s, LANGUAGES[i % 2])), t[sr_size_token(sr.gen.grid)], t["[BOI1]"]]
+            start = time.time()
+            window = min(16, sr.gen.grid)
+            hi = magnify(low, prefix, lambda seq: sr.gen.sample(seq, batch_size=1), t.command_tokens,
+                         window=window, stride=max(1, window // 2))
+            secs += time.time() - start
+            ps_sr.append(_psnr(sr.decode(hi[0]), high))
+            ps_bic.append(_psnr(np.asarray(low_img.resize(high.shape[:2][::-1], Image.BICUBIC)), high))
+            ps_vq.append(_psnr(sr.decode(sr.encode(Image.fromarray(high))), high))
+        results["super_resolution"] = {
+            "images": len(group), "psnr_magnify": round(float(np.mean(ps_sr)), 2),
+            "psnr_bicubic": round(float(np.mean(ps_bic)), 2),
+            "psnr_vqvae_reconstruction_of_high_res": round(float(np.mean(ps_vq)), 2),
+            "seconds_per_image": round(secs / len(group), 2)}
+    return results
+
+
+def sr_size_token(grid: int) -> str:
+    return {8: "[TINY]", 16: "[SMALL]", 32: "[BASE]", 64: "[BIG]"}[grid]
+
+
+def report(results: dict) -> str:
+    t2i, i2t, ps = results["text2image"], results["image2text"], results["post_selection"]
+    ceil = results["vqvae_ceiling"]
+    lines = [
+        f"Held-out prompts: {results['prompts_per_kind']} one-object and {results['prompts_per_kind']} "
+        "two-object scenes, each containing a (colour, shape) pair never trained on; English and "
+        "Chinese prompts alternate. Checker: data_utils/shapes_checker.py.",
+        "",
+        "| measure | target | result | VQ-VAE ceiling |",
+        "|---|---|---|---|",
+    ]
+    for key, target in (("background", 90), ("colour", 90), ("position", 90), ("shape", 80)):
+        lines.append(f"| text2image one object: {key} | >= {target}% | {t2i['one'][key]}% | {ceil['one'][key]}% |")
+    lines.append(f"| text2image one object: size (no target) | - | {t2i['one']['size']}% | {ceil['one']['size']}% |")
+    both = "colours and relation"
+    lines.append(f"| text2image two objects: {both} | >= 70% | {t2i['two']['colours_and_relation']}% "
+                 f"| {ceil['two']['colours_and_relation']}% |")
+    lines.append(f"| text2image two objects: shapes too (no target) | - | {t2i['two']['all']}% | {ceil['two']['all']}% |")
+    lines.append(f"| image2text: every attribute, one object | >= 90% | {i2t['one']['all']}% | - |")
+    lines.append(f"| image2text: every attribute, two objects | >= 90% | {i2t['two']['all']}% | - |")
+    lines.append(f"| post-selection: all right, best of 8 vs random pick | +5 points | "
+                 f"{ps['best_of_8_all_right']}% vs {ps['random_pick_all_right']}% "
+                 f"({ps['best_of_8_all_right'] - ps['random_pick_all_right']:+.1f}) | - |")
+    if "super_resolution" in results:
+        sr = results["super_resolution"]
+        lines.append(f"| super-resolution PSNR, magnify vs bicubic ({sr['images']} images) | above bicubic | "
+                     f"{sr['psnr_magnify']} dB vs {sr['psnr_bicubic']} dB | "
+                     f"{sr['psnr_vqvae_reconstruction_of_high_res']} dB |")
+    lines.append(f"| text2image time per image (2 CPU cores, batch 1) | recorded | "
+                 f"{results['text2image_seconds_per_image']} s | - |")
+    if "super_resolution" in results:
+        lines.append(f"| super-resolution time per image | recorded | "
+                     f"{results['super_resolution']['seconds_per_image']} s | - |")
+    lines += ["", "Caption examples (truth -> generated):", ""]
+    lines += [f"- {e}" for e in results["image2text_examples"]]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=os.path.join(ROOT, "pretrained/cogview/cogview-demo"))
+    p.add_argument("--sr-model", default=os.path.join(ROOT, "pretrained/cogview/cogview-demo-sr"))
+    p.add_argument("--prompts", type=int, default=100, help="held-out prompts per kind (one/two objects)")
+    p.add_argument("--sr-images", type=int, default=20)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top_k", type=int, default=20)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--json", help="also write the numbers to this file")
+    p.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
+    a = p.parse_args(argv)
+    for path in (a.model, a.sr_model):
+        if path and not os.path.isdir(path):
+            print(f"eval_demo: error: {path}: no such checkpoint folder; run ./scripts/train_demo.sh first",
+                  file=sys.stderr)
+            return 1
+    start = time.time()
+    results = evaluate(a)
+    results["seconds"] = round(time.time() - start, 1)
+    print(json.dumps(results, indent=1, ensure_ascii=False))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1, ensure_ascii=False)
+    text = report(results)
+    print(text)
+    if a.write_results:
+        from bench.results import write_section
+        write_section("Demo model evaluation (scripts/eval_demo.sh)", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""Build the shipped demo model's data from the shapes grammar (data_utils.shapes).
+
+    python -m data_utils.make_demo_data captions --out data/demo/captions.txt
+    python -m data_utils.make_demo_data tokenizer --captions data/demo/captions.txt \
+        --out pretrained/text_tokenizer/shapes
+    python -m data_utils.make_demo_data vqvae-images --out data/demo/vqvae_images.lmdb --num 24000
+    python -m data_utils.make_demo_data gpt --out data/demo/gpt.lmdb --vqvae VQVAE.pt \
+        --txt-tokenizer-path TOK.model --num 200000
+    python -m data_utils.make_demo_data sr --out data/demo/sr.lmdb --vqvae ... --num 20000
+    python -m data_utils.make_demo_data held-out --out data/demo/held_out
+
+Every step is deterministic in --seed and only uses training-split scenes (held-out
+(colour, shape) pairs never appear), except ``held-out``, which writes the evaluation
+prompts and their rendered images. Output LMDBs are written to ``<out>.tmp`` and renamed
+when complete, so an interrupted step is simply run again.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import shutil
+import sys
+from typing import Dict, List, Optional, Sequence
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data_utils.shapes import (Scene, all_scenes, caption, render, render_array, sample_scenes)
+
+LANGUAGES = ("en", "zh")
+
+
+def _png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _atomic_lmdb(out: str):
+    import lmdb
+    tmp = out.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    return lmdb.open(tmp, map_size=1 << 36, subdir=True), tmp
+
+
+def _finish_lmdb(env, tmp: str, out: str, count: int) -> None:
+    with env.begin(write=True) as txn:
+        txn.put(b"length", str(count).encode())
+    env.close()
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+def write_captions(out: str) -> int:
+    """Every training scene's English and Chinese caption, one per line (tokenizer corpus)."""
+    scenes = all_scenes("train")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = out + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for s in scenes:
+            f.write(with_end_mark(caption(s, "en")) + "\n")
+            f.write(with_end_mark(caption(s, "zh")) + "\n")
+    os.replace(tmp, out)
+    return 2 * len(scenes)
+
+
+def train_tokenizer(captions_path: str, out_prefix: str, vocab_size: int) -> str:
+    """sentencepiece (BPE) on the captions, the grammar's Chinese words kept whole.
+
+    Chinese has no spaces, so plain BPE merges across words ("一个青色心形在一个") and ties
+    colour to shape in one piece, which a held-out colour/shape pair would never have seen.
+    """
+    from data_utils.shapes import ZH_COLOURS, ZH_POSITIONS, ZH_RELATIONS, ZH_SHAPES, ZH_SIZES
+    from data_utils.sp_tokenizer import train_text_tokenizer
+    words = sorted({w for d in (ZH_COLOURS, ZH_SHAPES, ZH_SIZES, ZH_RELATIONS) for w in d.values()}
+                   | {w[1:] for w in ZH_POSITIONS.values()}, key=lambda w: (-len(w), w))
+    os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
+    return train_text_tokenizer(captions_path, out_prefix, vocab_size, model_type="bpe",
+                                character_coverage=1.0, user_defined_symbols=["<n>", ".", "。", *words])
+
+
+def write_vqvae_images(out: str, num: int, seed: int, img_size: int) -> int:
+    """PNG images for VQ-VAE training: 3/4 rendered at img_size, 1/4 img_size crops of
+    renders at twice the size (so the tokenizer also serves the super-resolution model)."""
+    rng = random.Random(seed + 17)
+    scenes = sample_scenes(num, seed)
+    env, tmp = _atomic_lmdb(out)
+    txn = env.begin(write=True)
+    for i, scene in enumerate(tqdm(scenes, desc="rendering VQ-VAE images", mininterval=5)):
+        if i % 4 == 3:
+            big = render(scene, 2 * img_size)
+            x, y = rng.randrange(img_size + 1), rng.randrange(img_size + 1)
+            img = big.crop((x, y, x + img_size, y + img_size))
+        else:
+            img = render(scene, img_size)
+        txn.put(str(i).encode(), _png(img))
+        if i % 2000 == 1999:
+            txn.commit()
+            txn = env.begin(write=True)
+    txn.commit()
+    _finish_lmdb(env, tmp, out, len(scenes))
+    return len(scenes)
+
+
+class _Encoder:
+    """VQ-VAE encoding of rendered scenes, cached per (scene, size): scenes repeat."""
+
+    def __init__(self, vqvae_path: str, device: str):
+        from vqvae import load_model
+        self.model = load_model(vqvae_path, device=device).eval()
+        self.device = device
+        self.cache: Dict[tuple, np.ndarray] = {}
+
+    @torch.no_grad()
+    def encode(self, scenes: Sequence[Scene], size: int, batch: int = 256) -> List[np.ndarray]:
+        todo = sorted({s for s in scenes if (s, size) not in self.cache}, key=lambda s: str(s))
+        for k in tqdm(range(0, len(todo), batch), desc=f"encoding {size}px scenes", mininterval=5):
+            chunk = todo[k:k + batch]
+            from vqvae import img2code, normalize
+            x = torch.from_numpy(np.stack([render_array(s, size) for s in chunk]))
+            x = normalize(x.permute(0, 3, 1, 2).float().div(255)).to(self.device)
+            codes = img2code(self.model, x)
+            codes = codes.reshape(len(chunk), -1).cpu().numpy()
+            for s, c in zip(chunk, codes):
+                self.cache[(s, size)] = c.astype(np.int16)
+        return [self.cache[(s, size)] for s in scenes]
+
+
+def _tokenizer(vqvae_path: str, txt_tokenizer_path: str):
+    from data_utils.unified_tokenizer import UnifiedTokenizer
+    return UnifiedTokenizer(img_tokenizer_path=vqvae_path, txt_tokenizer_path=txt_tokenizer_path)
+
+
+def with_end_mark(text: str) -> str:
+    return text + ("。" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else ".")
+
+
+def gpt_rows(tok, scene_codes: np.ndarray, text: str, direction: str) -> np.ndarray:
+    """text2image: [ROI1] text [size] [BOI1] codes [EOI1];
+    image2text: [size] [BOI1] codes [EOI1] [ROI1] text + end mark (the caption template).
+
+    A caption ends with a full stop ("." or "。"): the sampler only allows plain text after
+    an image, so the end of a caption has to be a text piece (image2text cuts there)."""
+    from data_utils.templates import TextCodeTemplate
+    codes = np.asarray(scene_codes, dtype=np.int64)
+    if direction == "text2image":
+        ids = TextCodeTemplate(text, codes, tokenizer=tok)
+    else:
+        ids = np.concatenate([np.asarray(tok.wrap_code(codes), dtype=np.int64),
+                              [tok["[ROI1]"]], tok(with_end_mark(text))])
+    return np.asarray(ids, dtype=np.int32)
+
+
+def write_gpt_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
+                   txt_tokenizer_path: str, device: str) -> int:
+    """TokenizedDataset rows, half text->image and half image->text, English and Chinese."""
+    from data_utils.row_format import encode_row
+    tok = _tokenizer(vqvae, txt_tokenizer_path)
+    scenes = sample_scenes(num, seed)
+    codes = _Encoder(vqvae, device).encode(scenes, img_size)
+    rng = random.Random(seed + 1)
+    env, tmp = _atomic_lmdb(out)
+    txn = env.begin(write=True)
+    for i, (scene, code) in enumerate(zip(tqdm(scenes, desc="writing rows", mininterval=5), codes)):
+        text = caption(scene, rng.choice(LANGUAGES))
+        direction = "text2image" if rng.random() < 0.5 else "image2text"
+        txn.put(str(i).encode(), encode_row(gpt_rows(tok, code, text, direction)))
+        if i % 5000 == 4999:
+            txn.commit()
+            txn = env.begin(write=True)
+    txn.commit()
+    _finish_lmdb(env, tmp, out, len(scenes))
+    return len(scenes)
+
+
+def write_sr_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
+                  txt_tokenizer_path: str, device: str) -> int:
+    """Super-resolution rows (preprocess.rows.sr_row: what generation.magnify feeds the model):
+    the scene encoded at img_size, every window of it at twice the size."""
+    from data_utils.row_format import encode_row
+    from data_utils.unified_tokenizer import SIZE_TOKENS
+    from preprocess.rows import sr_layout, sr_positions, sr_row
+    tok = _tokenizer(vqvae, txt_tokenizer_path)
+    scenes = sample_scenes(num, seed + 2)
+    enc = _Encoder(vqvae, device)
+    low, high = enc.encode(scenes, img_size), enc.encode(scenes, 2 * img_size)
+    grid = int(round(len(low[0]) ** 0.5))
+    layout = sr_layout(grid)
+    positions = sr_positions(layout)
+    rng = random.Random(seed + 3)
+    env, tmp = _atomic_lmdb(out)
+    txn = env.begin(write=True)
+    for i, scene in enumerate(tqdm(scenes, desc="writing rows", mininterval=5)):
+        text_ids = tok(caption(scene, rng.choice(LANGUAGES)))
+        row = sr_row(tok, text_ids, low[i], high[i], rng.choice(positions), layout)
+        if rng.random() < 0.5:
+            # the low-level super-resolution query at twice the size labels the low-res
+            # block with the output's size token: one model answers both tasks
+            head = 1 + len(text_ids)
+            row[head] = tok[SIZE_TOKENS[2 * grid]]
+        txn.put(str(i).encode(), encode_row(row))
+    txn.commit()
+    _finish_lmdb(env, tmp, out, len(scenes))
+    return len(scenes)
+
+
+def write_held_out(out: str, seed: int, img_size: int, per_kind: int) -> int:
+    """Evaluation prompts from held-out scenes: prompts_<kind>.txt (English; Chinese in
+    prompts_<kind>_zh.txt) and images/<kind>_<i>.png renders with images.tsv."""
+    rng = random.Random(seed)
+    held = all_scenes("held-out")
+    ones = [s for s in held if s.second is None]
+    twos = [s for s in held if s.second is not None]
+    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    chosen = {"one": rng.sample(ones, per_kind), "two": rng.sample(twos, per_kind)}
+    rows = []
+    for kind, scenes in chosen.items():
+        for lang in LANGUAGES:
+            name = f"prompts_{kind}.txt" if lang == "en" else f"prompts_{kind}_{lang}.txt"
+            with open(os.path.join(out, name), "w", encoding="utf-8") as f:
+                f.writelines(caption(s, lang) + "\n" for s in scenes)
+        for i, s in enumerate(scenes):
+            for size in (img_size, 2 * img_size):
+                path = os.path.join(out, "images", f"{kind}_{i}_{size}.png")
+                render(s, size).save(path)
+            rows.append(f"images/{kind}_{i}_{img_size}.png\t{caption(s, 'en')}\n")
+    with open(os.path.join(out, "images.tsv"), "w", encoding="utf-8") as f:
+        f.writelines(rows)
+    return len(rows)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m data_utils.make_demo_data",
+                                description="Build the shapes-grammar data for the demo model.")
+    p.add_argument("step", choices=["captions", "tokenizer", "vqvae-images", "gpt", "sr", "held-out"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--num", type=int, default=100000, help="rows / images to write")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--img-size", type=int, default=64, help="base image side in pixels")
+    p.add_argument("--vqvae", help="VQ-VAE checkpoint (gpt, sr)")
+    p.add_argument("--txt-tokenizer-path", help="sentencepiece model (gpt, sr)")
+    p.add_argument("--captions", help="caption file (tokenizer)")
+    p.add_argument("--vocab-size", type=int, default=320, help="tokenizer pieces (tokenizer)")
+    p.add_argument("--per-kind", type=int, default=100, help="held-out prompts per kind")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = p.parse_args(argv)
+    if a.step in ("gpt", "sr") and not (a.vqvae and a.txt_tokenizer_path):
+        p.error(f"{a.step} needs --vqvae and --txt-tokenizer-path")
+    if a.step == "captions":
+        n = write_captions(a.out)
+    elif a.step == "tokenizer":
+        n = train_tokenizer(a.captions, a.out, a.vocab_size)
+    elif a.step == "vqvae-images":
+        n = write_vqvae_images(a.out, a.num, a.seed, a.img_size)
+    elif a.step == "gpt":
+        n = write_gpt_lmdb(a.out, a.num, a.seed, a.img_size, a.vqvae, a.txt_tokenizer_path, a.device)
+    elif a.step == "sr":
+        n = write_sr_lmdb(a.out, a.num, a.seed, a.img_size, a.vqvae, a.txt_tokenizer_path, a.device)
+    else:
+        n = write_held_out(a.out, a.seed, a.img_size, a.per_kind)
+    print(f"{a.step}: wrote {n} to {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Train the shipped demo models from scratch on procedural captioned shapes:
+#   text tokenizer -> VQ-VAE -> CogView GPT (text2image + image2text) -> super-resolution GPT,
+# then export them to pretrained/ (what the generation scripts fall back to).
+#
+#   ./scripts/train_demo.sh                 # everything (about 2.5 h on 2 CPU cores)
+#   STEPS="gpt export" ./scripts/train_demo.sh
+#
+# Every step is resumable: run the script again after an interruption and finished steps
+# are skipped, training steps continue from their last checkpoint. Work files go to
+# DEMO_DIR (default data/demo); a GPU is used when there is one.
+# Sizes can be changed with the variables below (the shipped models used the defaults).
+set -euo pipefail
+source "$(dirname "$(realpath "$0")")/training_common.sh"
+cd "$main_dir"
+
+DEMO_DIR=${DEMO_DIR:-data/demo}
+STEPS=${STEPS:-"tokenizer vqvae gpt-data gpt sr-data sr export"}
+SEED=${SEED:-1234}
+IMG_SIZE=${IMG_SIZE:-64}                 # base model: 64 px, 8x8 codes ([TINY])
+VQ_ITERS=${VQ_ITERS:-4000}
+GPT_ROWS=${GPT_ROWS:-400000}
+GPT_ITERS=${GPT_ITERS:-9000}
+GPT_BATCH=${GPT_BATCH:-32}
+SR_ROWS=${SR_ROWS:-60000}
+SR_ITERS=${SR_ITERS:-1500}
+SR_BATCH=${SR_BATCH:-16}
+TOKENIZER=pretrained/text_tokenizer/shapes
+VQVAE=pretrained/vqvae/shapes_vqvae.pt
+CKPT="$DEMO_DIR/checkpoints"
+
+if has_gpu; then DEVICE=(--device cuda); PRECISION=(--bf16); else
+  cpu_environment
+  export OMP_NUM_THREADS=$(nproc)
+  DEVICE=(--device cpu); PRECISION=(--bf16)
+fi
+want() { [[ " $STEPS " == *" $1 "* ]]; }
+say() { echo "== train_demo: $* ($(date +%H:%M:%S))" >&2; }
+mkdir -p "$DEMO_DIR" "$CKPT"
+
+if want tokenizer && [ ! -f "$TOKENIZER.model" ]; then
+  say "captions and sentencepiece tokenizer"
+  "$PYTHON" -m data_utils.make_demo_data captions --out "$DEMO_DIR/captions.txt"
+  "$PYTHON" -m data_utils.make_demo_data tokenizer --captions "$DEMO_DIR/captions.txt" --out "$TOKENIZER"
+fi
+
+if want vqvae && [ ! -f "$VQVAE" ]; then
+  say "VQ-VAE ($VQ_ITERS iterations)"
+  [ -d "$DEMO_DIR/vqvae_images.lmdb" ] || "$PYTHON" -m data_utils.make_demo_data vqvae-images \
+      --out "$DEMO_DIR/vqvae_images.lmdb" --num 24000 --img-size "$IMG_SIZE" --seed "$SEED"
+  "$PYTHON" -m vqvae.train --data "$DEMO_DIR/vqvae_images.lmdb" --save "$CKPT/vqvae" --resume \
+      --img-size "$IMG_SIZE" --channel 64 --n-res-block 2 --embed-dim 32 --n-embed 512 --stride 6 \
+      --batch-size 32 --lr 6e-4 --iters "$VQ_ITERS" --dead-code-threshold 0.5 \
+      --log-interval 100 --save-interval 500 --keep-last 2 --num-workers 1 "${DEVICE[@]}"
+  "$PYTHON" -m arch.export_release vqvae "$CKPT/vqvae/$(cat "$CKPT/vqvae/latest")" "$VQVAE"
+fi
+
+if want gpt-data && [ ! -d "$DEMO_DIR/gpt.lmdb" ]; then
+  say "GPT rows ($GPT_ROWS, text->image and image->text, English and Chinese)"
+  "$PYTHON" -m data_utils.make_demo_data gpt --out "$DEMO_DIR/gpt.lmdb" --num "$GPT_ROWS" --seed "$SEED" \
+      --img-size "$IMG_SIZE" --vqvae "$VQVAE" --txt-tokenizer-path "$TOKENIZER.model"
+fi
+
+# train_gpt <name> <data> <iterations> <batch> <positions> <layers> <hidden> <heads> <lr>
+train_gpt() {
+  local name=$1 data=$2 iters=$3 batch=$4 positions=$5 layers=$6 hidden=$7 heads=$8 lr=$9
+  mkdir -p "$CKPT/$name"  # a fixed folder: --load of an empty folder starts from scratch
+  "$PYTHON" pretrain_gpt2.py --experiment-name "$name" --load "$CKPT/$name" --save "$CKPT" \
+      --train-data "$data" --dataset-type TokenizedDataset --split 995,5,0 \
+      --img-tokenizer-path "$VQVAE" --txt-tokenizer-path "$TOKENIZER.model" --img-size "$IMG_SIZE" \
+      --num-layers "$layers" --hidden-size "$hidden" --num-attention-heads "$heads" \
+      --max-position-embeddings "$positions" --make-vocab-size-divisible-by 64 --max-memory-length 0 \
+      --batch-size "$batch" --train-iters "$iters" --lr "$lr" --lr-decay-style cosine --warmup 0.02 \
+      --weight-decay 0.01 --clip-grad 1.0 --hidden-dropout 0 --attention-dropout 0 \
+      --save-interval 500 --eval-interval 1000 --eval-iters 10 --log-interval 100 \
+      --resume-dataloader --num-workers 1 --seed "$SEED" --summary-dir "$CKPT/tensorboard" \
+      "${DEVICE[@]}" "${PRECISION[@]}"
+}
+
+if want gpt; then
+  say "CogView GPT ($GPT_ITERS iterations of $GPT_BATCH)"
+  train_gpt cogview-demo "$DEMO_DIR/gpt.lmdb" "$GPT_ITERS" "$GPT_BATCH" 96 8 256 8 1e-3
+fi
+
+if want sr-data && [ ! -d "$DEMO_DIR/sr.lmdb" ]; then
+  say "super-resolution rows ($SR_ROWS)"
+  "$PYTHON" -m data_utils.make_demo_data sr --out "$DEMO_DIR/sr.lmdb" --num "$SR_ROWS" --seed "$SEED" \
+      --img-size "$IMG_SIZE" --vqvae "$VQVAE" --txt-tokenizer-path "$TOKENIZER.model"
+fi
+
+if want sr; then
+  say "super-resolution GPT ($SR_ITERS iterations of $SR_BATCH)"
+  train_gpt cogview-demo-sr "$DEMO_DIR/sr.lmdb" "$SR_ITERS" "$SR_BATCH" 352 4 192 6 1e-3
+fi
+
+if want export; then
+  say "export to pretrained/cogview"
+  for name in cogview-demo cogview-demo-sr; do
+    if [ -f "$CKPT/$name/latest_checkpointed_iteration.txt" ]; then
+      rm -rf "pretrained/cogview/$name"
+      "$PYTHON" -m arch.export_release gpt "$CKPT/$name" "pretrained/cogview/$name" --dtype float16 \
+          --img-tokenizer-path "$VQVAE" --txt-tokenizer-path "$TOKENIZER.model"
+    fi
+  done
+fi
+say "done; try ./scripts/text2image.sh, then ./scripts/eval_demo.sh"

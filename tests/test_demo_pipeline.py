@@ -1,0 +1,121 @@
+"""Pieces of scripts/train_demo.sh on tiny models: tokenizer, rows, release export."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tests.e2e_assets import make_gpt_checkpoint, make_vqvae
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def demo_tokenizer(tmp_path_factory):
+    from data_utils import make_demo_data
+    folder = tmp_path_factory.mktemp("demo_tok")
+    captions = str(folder / "captions.txt")
+    assert make_demo_data.write_captions(captions) > 90000
+    return make_demo_data.train_tokenizer(captions, str(folder / "shapes"), 320)
+
+
+def test_tokenizer_keeps_chinese_attribute_words_whole(demo_tokenizer):
+    from data_utils.sp_tokenizer import SentencePieceTokenizer
+    tok = SentencePieceTokenizer(demo_tokenizer)
+    pieces = tok.EncodeAsPieces("灰色背景上，一个青色心形在一个黑色正方形的下方。")
+    for word in ("青色", "心形", "黑色", "正方形", "下方", "。"):
+        assert word in pieces, pieces
+    english = tok.EncodeAsPieces("an orange hexagon to the left of a white cross on a gray background.")
+    assert "▁hexagon" in english and english[-1] == "."
+
+
+def test_gpt_and_sr_rows(tmp_path, demo_tokenizer):
+    from data_utils import make_demo_data
+    from data_utils.datasets import LMDBDataset
+    from data_utils.unified_tokenizer import UnifiedTokenizer
+    vq = make_vqvae(str(tmp_path))
+    gpt = str(tmp_path / "gpt.lmdb")
+    assert make_demo_data.write_gpt_lmdb(gpt, 40, 1, 64, vq, demo_tokenizer, "cpu") == 40
+    tok = UnifiedTokenizer(vq, demo_tokenizer)
+    rows = [np.asarray(LMDBDataset(gpt)[i]) for i in range(40)]
+    t2i = [r for r in rows if r[0] == tok["[ROI1]"]]
+    i2t = [r for r in rows if r[0] == tok["[TINY]"]]
+    assert len(t2i) + len(i2t) == 40 and t2i and i2t
+    for r in t2i:
+        boi = list(r).index(tok["[BOI1]"])
+        assert r[boi - 1] == tok["[TINY]"] and len(r) == boi + 1 + 64 + 1 and r[-1] == tok["[EOI1]"]
+        assert (r[boi + 1:boi + 65] < tok.num_image_tokens).all()
+    for r in i2t:
+        assert r[1] == tok["[BOI1]"] and r[66] == tok["[EOI1]"] and r[67] == tok["[ROI1]"]
+        text = tok.txt_tokenizer.DecodeIds([int(i) - tok.num_image_tokens for i in r[68:]])
+        assert text.endswith((".", "。"))
+    sr = str(tmp_path / "sr.lmdb")
+    assert make_demo_data.write_sr_lmdb(sr, 10, 1, 64, vq, demo_tokenizer, "cpu") == 10
+    for i in range(10):
+        r = np.asarray(LMDBDataset(sr)[i])
+        boi1, boi2 = list(r).index(tok["[BOI1]"]), list(r).index(tok["[BOI2]"])
+        assert r[boi1 - 1] in (tok["[TINY]"], tok["[SMALL]"])  # super-resolution / low-level head
+        assert boi2 - boi1 == 64 + 5 and r[boi2 - 1] == tok["[SMALL]"] and len(r) == boi2 + 1 + 256 + 1
+
+
+def test_vqvae_lmdb_images_load_in_worker_processes(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from data_utils import make_demo_data
+    from vqvae.data import make_dataset
+    out = str(tmp_path / "imgs.lmdb")
+    assert make_demo_data.write_vqvae_images(out, 8, seed=0, img_size=32) == 8
+    batches = list(DataLoader(make_dataset(out, 32), batch_size=4, num_workers=1))
+    assert len(batches) == 2 and batches[0].shape == (4, 3, 32, 32)
+
+
+def test_export_release(tmp_path, demo_tokenizer):
+    from arch.checkpoint import load_checkpoint_state
+    vq = make_vqvae(str(tmp_path))
+    ckpt = make_gpt_checkpoint(str(tmp_path), vq, demo_tokenizer)
+    dst = str(tmp_path / "release" / "cogview-demo")
+    out = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", ckpt, dst, "--dtype", "float16"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    state = load_checkpoint_state(dst)
+    original = load_checkpoint_state(ckpt)
+    assert state.keys() == original.keys()
+    for k, v in state.items():
+        assert v.dtype == torch.float16
+        torch.testing.assert_close(v.float(), original[k].float(), atol=1e-3, rtol=1e-3)
+    with open(os.path.join(dst, "model_config.json")) as f:
+        config = json.load(f)
+    assert os.path.samefile(os.path.join(dst, config["img_tokenizer_path"]), vq)
+    # the exported folder drives generation without shape flags
+    from arguments import get_args
+    from generation.model_setup import apply_checkpoint_config
+    args = get_args(["--load", dst])
+    apply_checkpoint_config(args, ["--load", dst])
+    assert args.num_layers == 2 and args.hidden_size == 32
+    # a bad source gives one line and no output
+    bad = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", str(tmp_path / "nope"),
+                          str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and not os.path.exists(tmp_path / "out")
+
+
+def test_export_vqvae_keeps_weights_and_config(tmp_path):
+    from arch.export_release import export_vqvae
+    import vqvae
+    model = vqvae.VQVAE(channel=16, n_res_block=1, n_res_channel=8, embed_dim=8, n_embed=32, stride=6)
+    src = str(tmp_path / "vqvae_10.pt")
+    torch.save({"model": model.state_dict(), "config": dict(model.config), "optimizer": {}, "iteration": 10}, src)
+    dst = export_vqvae(src, str(tmp_path / "out" / "v.pt"))
+    loaded = vqvae.load_model(dst)
+    assert loaded.config == model.config
+    blob = torch.load(dst, weights_only=True)
+    assert set(blob) == {"model", "config"}
+
+
+def test_first_sentence_cuts_generated_captions():
+    from generation.outputs import first_sentence
+    assert first_sentence(" a red circle on a white background. a blue") == "a red circle on a white background."
+    assert first_sentence("白色背景上，一个红色圆形在左上角。白色") == "白色背景上，一个红色圆形在左上角。"
+    assert first_sentence("no end mark") == "no end mark"
