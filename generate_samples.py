@@ -22,6 +22,7 @@ from tqdm import tqdm
 from arch import CheckpointError
 from arguments import get_args
 from generation import SamplingConfig, TokenLayout, generate_in_chunks, inverse_prompt_score, magnify
+from generation.magnify import sr_window
 from generation.model_setup import apply_checkpoint_config, load_generation_model
 from generation.outputs import first_sentence, save_debug_grid, save_samples, to_side
 from generation.queries import (Query, QueryError, check_command_tokens, check_positions, parse_region,
@@ -128,12 +129,12 @@ class Generator:
         ids = self.parse(task_template("super-resolution", self.grid).format(text, path))
         boi = ids.index(self.tokenizer["[BOI1]"])
         prefix, low = ids[:boi + 1], torch.tensor(ids[boi + 1:])
-        window = min(16, self.grid)
+        window, stride = sr_window(self.grid)
         start = time.time()
         images = []
         for _ in range(self.args.batch_size):
             hi = magnify(low, prefix, lambda seq: self.sample(seq, batch_size=1, desc="window"),
-                         self.tokenizer.command_tokens, window=window, stride=window // 2)
+                         self.tokenizer.command_tokens, window=window, stride=stride)
             images.append(self.tokenizer.img_tokenizer.DecodeIds(hi[0]).float().cpu())
         side = images[0].size(-1)
         extra = [to_side(self.tokenizer.img_tokenizer.DecodeIds(low).float().cpu(), side)] if self.args.debug else []

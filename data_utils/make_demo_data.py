@@ -8,6 +8,7 @@
         --txt-tokenizer-path TOK.model --num 200000
     python -m data_utils.make_demo_data sr --out data/demo/sr.lmdb --vqvae ... --num 20000
     python -m data_utils.make_demo_data held-out --out data/demo/held_out
+    python -m data_utils.make_demo_data examples --out assets/examples
 
 Every step is deterministic in --seed and only uses training-split scenes (held-out
 (colour, shape) pairs never appear), except ``held-out``, which writes the evaluation
@@ -35,6 +36,7 @@ from tqdm import tqdm
 from data_utils.shapes import (Scene, all_scenes, caption, render, render_array, sample_scenes)
 
 LANGUAGES = ("en", "zh")
+VQVAE_CROP = 64
 
 
 def _png(img) -> bytes:
@@ -87,19 +89,18 @@ def train_tokenizer(captions_path: str, out_prefix: str, vocab_size: int) -> str
 
 
 def write_vqvae_images(out: str, num: int, seed: int, img_size: int) -> int:
-    """PNG images for VQ-VAE training: 3/4 rendered at img_size, 1/4 img_size crops of
-    renders at twice the size (so the tokenizer also serves the super-resolution model)."""
+    """PNG crops for VQ-VAE training: random 64 px crops of scenes rendered at img_size
+    (2 in 3) and at twice img_size (1 in 3, what the super-resolution model's output is
+    encoded at). The VQ-VAE is convolutional, so it trains on crops and encodes any size."""
     rng = random.Random(seed + 17)
     scenes = sample_scenes(num, seed)
     env, tmp = _atomic_lmdb(out)
     txn = env.begin(write=True)
     for i, scene in enumerate(tqdm(scenes, desc="rendering VQ-VAE images", mininterval=5)):
-        if i % 4 == 3:
-            big = render(scene, 2 * img_size)
-            x, y = rng.randrange(img_size + 1), rng.randrange(img_size + 1)
-            img = big.crop((x, y, x + img_size, y + img_size))
-        else:
-            img = render(scene, img_size)
+        size = 2 * img_size if i % 3 == 2 else img_size
+        crop = min(VQVAE_CROP, size)
+        x, y = rng.randrange(size - crop + 1), rng.randrange(size - crop + 1)
+        img = render(scene, size).crop((x, y, x + crop, y + crop))
         txn.put(str(i).encode(), _png(img))
         if i % 2000 == 1999:
             txn.commit()
@@ -159,8 +160,9 @@ def gpt_rows(tok, scene_codes: np.ndarray, text: str, direction: str) -> np.ndar
 
 
 def write_gpt_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
-                   txt_tokenizer_path: str, device: str) -> int:
-    """TokenizedDataset rows, half text->image and half image->text, English and Chinese."""
+                   txt_tokenizer_path: str, device: str, image2text_fraction: float = 0.35) -> int:
+    """TokenizedDataset rows: text->image, and image->text with the given probability
+    (captioning is the easier direction: it needs fewer samples); English or Chinese."""
     from data_utils.row_format import encode_row
     tok = _tokenizer(vqvae, txt_tokenizer_path)
     scenes = sample_scenes(num, seed)
@@ -170,7 +172,7 @@ def write_gpt_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
     txn = env.begin(write=True)
     for i, (scene, code) in enumerate(zip(tqdm(scenes, desc="writing rows", mininterval=5), codes)):
         text = caption(scene, rng.choice(LANGUAGES))
-        direction = "text2image" if rng.random() < 0.5 else "image2text"
+        direction = "image2text" if rng.random() < image2text_fraction else "text2image"
         txn.put(str(i).encode(), encode_row(gpt_rows(tok, code, text, direction)))
         if i % 5000 == 4999:
             txn.commit()
@@ -181,14 +183,17 @@ def write_gpt_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
 
 
 def write_sr_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
-                  txt_tokenizer_path: str, device: str) -> int:
+                  txt_tokenizer_path: str, device: str, windows_per_scene: int = 3) -> int:
     """Super-resolution rows (preprocess.rows.sr_row: what generation.magnify feeds the model):
-    the scene encoded at img_size, every window of it at twice the size."""
+    ``windows_per_scene`` different random windows of each scene encoded at img_size, each with
+    its block of the scene encoded at twice the size (encoding at twice the size is the
+    expensive part, so scenes are reused). With 16x16 codes a window is 8x8 -> 16x16, which
+    is also the low-level super-resolution query at img_size (a half-size image, 8x8 codes,
+    to a 16x16 image), so one model serves both scripts."""
     from data_utils.row_format import encode_row
-    from data_utils.unified_tokenizer import SIZE_TOKENS
     from preprocess.rows import sr_layout, sr_positions, sr_row
     tok = _tokenizer(vqvae, txt_tokenizer_path)
-    scenes = sample_scenes(num, seed + 2)
+    scenes = sample_scenes(-(-num // windows_per_scene), seed + 2)
     enc = _Encoder(vqvae, device)
     low, high = enc.encode(scenes, img_size), enc.encode(scenes, 2 * img_size)
     grid = int(round(len(low[0]) ** 0.5))
@@ -197,18 +202,18 @@ def write_sr_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
     rng = random.Random(seed + 3)
     env, tmp = _atomic_lmdb(out)
     txn = env.begin(write=True)
+    count = 0
     for i, scene in enumerate(tqdm(scenes, desc="writing rows", mininterval=5)):
-        text_ids = tok(caption(scene, rng.choice(LANGUAGES)))
-        row = sr_row(tok, text_ids, low[i], high[i], rng.choice(positions), layout)
-        if rng.random() < 0.5:
-            # the low-level super-resolution query at twice the size labels the low-res
-            # block with the output's size token: one model answers both tasks
-            head = 1 + len(text_ids)
-            row[head] = tok[SIZE_TOKENS[2 * grid]]
-        txn.put(str(i).encode(), encode_row(row))
+        for position in rng.sample(positions, min(windows_per_scene, len(positions))):
+            if count == num:
+                break
+            text_ids = tok(caption(scene, rng.choice(LANGUAGES)))
+            row = sr_row(tok, text_ids, low[i], high[i], position, layout)
+            txn.put(str(count).encode(), encode_row(row))
+            count += 1
     txn.commit()
-    _finish_lmdb(env, tmp, out, len(scenes))
-    return len(scenes)
+    _finish_lmdb(env, tmp, out, count)
+    return count
 
 
 def write_held_out(out: str, seed: int, img_size: int, per_kind: int) -> int:
@@ -236,17 +241,35 @@ def write_held_out(out: str, seed: int, img_size: int, per_kind: int) -> int:
     return len(rows)
 
 
+EXAMPLES = (  # (file name, caption): held-out scenes, so the demo model never saw them
+    ("red_star", "a medium red star on the left on a white background"),
+    ("yellow_heart", "a large yellow heart in the center on a gray background"),
+    ("blue_diamond_cyan_circle", "a blue diamond above a cyan circle on a black background"),
+    ("green_triangle", "a small green triangle in the bottom right corner on a black background"),
+)
+
+
+def write_examples(out: str, img_size: int) -> int:
+    """The example images the input files of the generation scripts point at."""
+    from data_utils.shapes import parse_caption
+    os.makedirs(out, exist_ok=True)
+    for name, text in EXAMPLES:
+        render(parse_caption(text), img_size).save(os.path.join(out, f"{name}.png"))
+    return len(EXAMPLES)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_utils.make_demo_data",
                                 description="Build the shapes-grammar data for the demo model.")
-    p.add_argument("step", choices=["captions", "tokenizer", "vqvae-images", "gpt", "sr", "held-out"])
+    p.add_argument("step", choices=["captions", "tokenizer", "vqvae-images", "gpt", "sr", "held-out", "examples"])
     p.add_argument("--out", required=True)
     p.add_argument("--num", type=int, default=100000, help="rows / images to write")
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--img-size", type=int, default=64, help="base image side in pixels")
+    p.add_argument("--img-size", type=int, default=128, help="base image side in pixels")
     p.add_argument("--vqvae", help="VQ-VAE checkpoint (gpt, sr)")
     p.add_argument("--txt-tokenizer-path", help="sentencepiece model (gpt, sr)")
     p.add_argument("--captions", help="caption file (tokenizer)")
+    p.add_argument("--image2text-fraction", type=float, default=0.35, help="share of caption rows (gpt)")
     p.add_argument("--vocab-size", type=int, default=320, help="tokenizer pieces (tokenizer)")
     p.add_argument("--per-kind", type=int, default=100, help="held-out prompts per kind")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -260,9 +283,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif a.step == "vqvae-images":
         n = write_vqvae_images(a.out, a.num, a.seed, a.img_size)
     elif a.step == "gpt":
-        n = write_gpt_lmdb(a.out, a.num, a.seed, a.img_size, a.vqvae, a.txt_tokenizer_path, a.device)
+        n = write_gpt_lmdb(a.out, a.num, a.seed, a.img_size, a.vqvae, a.txt_tokenizer_path, a.device,
+                           a.image2text_fraction)
     elif a.step == "sr":
         n = write_sr_lmdb(a.out, a.num, a.seed, a.img_size, a.vqvae, a.txt_tokenizer_path, a.device)
+    elif a.step == "examples":
+        n = write_examples(a.out, a.img_size)
     else:
         n = write_held_out(a.out, a.seed, a.img_size, a.per_kind)
     print(f"{a.step}: wrote {n} to {a.out}")

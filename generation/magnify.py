@@ -4,7 +4,8 @@ The low-resolution s x s code grid becomes a 2s x 2s grid, generated window by
 window: each window sees the text prefix and a ``window`` x ``window`` block of
 low-resolution codes and fills a 2*window-wide block of high-resolution codes,
 keeping the cells earlier windows produced.  For s = 32 (the released model)
-this is exactly the original's nine windows, order and row counts.
+this is exactly the original's nine windows, order and row counts; ``sr_window``
+gives the window for other grids.
 """
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ import torch
 
 Window = Tuple[int, int, int]  # (window row, window column, high-res rows to generate)
 SIZE_TOKENS = {8: "[TINY]", 16: "[SMALL]", 32: "[BASE]", 64: "[BIG]"}
+
+
+def sr_window(grid: int) -> Tuple[int, int]:
+    """(window, stride) for magnifying a grid x grid code image: half the grid, at most
+    16, every half window. 32 -> 16 every 8 is the original's 3 x 3 windows; smaller grids
+    keep that 3 x 3 layout (16 -> 8 every 4, 8 -> 4 every 2), so a model trained on
+    windows never sees sequences longer than one window."""
+    window = max(1, min(16, grid // 2))
+    return window, max(1, window // 2)
 
 
 def sr_middle_tokens(window: int = 16) -> List[str]:

@@ -9,8 +9,8 @@ for one window (so a model trained on them can run magnify):
     [ROI1] text [size(g)] [BOI1] <w x w low-res codes> [EOI1] [ROI2] [POS0] [size(2w)] [BOI2]
     <2w x 2w high-res codes> [EOI2]
 
-g is the low-res grid (--img-size / VQ-VAE factor), w = min(16, g) the window and
-stride w/2, as generate_samples.py calls magnify. The low-res block is the window at
+g is the low-res grid (--img-size / VQ-VAE factor), w = min(16, g/2) the window and
+stride w/2 (generation.magnify.sr_window), as generate_samples.py calls magnify. The low-res block is the window at
 (i*stride, j*stride) of the image encoded at --img-size; the high-res block is the
 matching 2w x 2w block at (2i*stride, 2j*stride) of the same image encoded at twice
 --img-size. The middle tokens come from generation.magnify.sr_middle_tokens, so the rows
@@ -27,10 +27,7 @@ import numpy as np
 
 from data_utils.templates import TextCodeTemplate
 from data_utils.unified_tokenizer import SIZE_TOKENS, UnifiedTokenizer
-from generation.magnify import sr_middle_tokens
-
-SR_WINDOW = 16
-
+from generation.magnify import sr_middle_tokens, sr_window
 
 def code_dtype(num_image_tokens: int) -> np.dtype:
     """The smallest signed dtype holding every code (halves TextCode rows for 8192 codes)."""
@@ -63,8 +60,7 @@ class SRLayout:
 
 def sr_layout(grid: int) -> SRLayout:
     """Windows as generate_samples.py tiles a g x g grid for magnify."""
-    window = min(SR_WINDOW, grid)
-    stride = max(1, window // 2)
+    window, stride = sr_window(grid)
     if grid not in SIZE_TOKENS:
         raise ValueError(f"the low-res code grid must be 8, 16, 32 or 64 per side, got {grid}")
     if (grid - window) % stride:

@@ -17,13 +17,13 @@ cd "$main_dir"
 DEMO_DIR=${DEMO_DIR:-data/demo}
 STEPS=${STEPS:-"tokenizer vqvae gpt-data gpt sr-data sr export"}
 SEED=${SEED:-1234}
-IMG_SIZE=${IMG_SIZE:-64}                 # base model: 64 px, 8x8 codes ([TINY])
-VQ_ITERS=${VQ_ITERS:-4000}
-GPT_ROWS=${GPT_ROWS:-400000}
-GPT_ITERS=${GPT_ITERS:-9000}
-GPT_BATCH=${GPT_BATCH:-32}
-SR_ROWS=${SR_ROWS:-60000}
-SR_ITERS=${SR_ITERS:-1500}
+IMG_SIZE=${IMG_SIZE:-128}                # base model: 128 px, 16x16 codes ([SMALL]); SR: 256 px
+VQ_ITERS=${VQ_ITERS:-3500}
+GPT_ROWS=${GPT_ROWS:-200000}
+GPT_ITERS=${GPT_ITERS:-2900}
+GPT_BATCH=${GPT_BATCH:-16}
+SR_ROWS=${SR_ROWS:-24000}
+SR_ITERS=${SR_ITERS:-1800}
 SR_BATCH=${SR_BATCH:-16}
 TOKENIZER=pretrained/text_tokenizer/shapes
 VQVAE=pretrained/vqvae/shapes_vqvae.pt
@@ -31,7 +31,7 @@ CKPT="$DEMO_DIR/checkpoints"
 
 if has_gpu; then DEVICE=(--device cuda); PRECISION=(--bf16); else
   cpu_environment
-  export OMP_NUM_THREADS=$(nproc)
+  export OMP_NUM_THREADS=$(nproc --all)  # nproc alone would echo OMP_NUM_THREADS back
   DEVICE=(--device cpu); PRECISION=(--bf16)
 fi
 want() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -48,8 +48,9 @@ if want vqvae && [ ! -f "$VQVAE" ]; then
   say "VQ-VAE ($VQ_ITERS iterations)"
   [ -d "$DEMO_DIR/vqvae_images.lmdb" ] || "$PYTHON" -m data_utils.make_demo_data vqvae-images \
       --out "$DEMO_DIR/vqvae_images.lmdb" --num 24000 --img-size "$IMG_SIZE" --seed "$SEED"
+  # trained on 64 px crops (of 128 and 256 px renders); being convolutional it encodes any size
   "$PYTHON" -m vqvae.train --data "$DEMO_DIR/vqvae_images.lmdb" --save "$CKPT/vqvae" --resume \
-      --img-size "$IMG_SIZE" --channel 64 --n-res-block 2 --embed-dim 32 --n-embed 512 --stride 6 \
+      --img-size 64 --channel 64 --n-res-block 2 --embed-dim 32 --n-embed 512 --stride 6 \
       --batch-size 32 --lr 6e-4 --iters "$VQ_ITERS" --dead-code-threshold 0.5 \
       --log-interval 100 --save-interval 500 --keep-last 2 --num-workers 1 "${DEVICE[@]}"
   "$PYTHON" -m arch.export_release vqvae "$CKPT/vqvae/$(cat "$CKPT/vqvae/latest")" "$VQVAE"
@@ -79,7 +80,7 @@ train_gpt() {
 
 if want gpt; then
   say "CogView GPT ($GPT_ITERS iterations of $GPT_BATCH)"
-  train_gpt cogview-demo "$DEMO_DIR/gpt.lmdb" "$GPT_ITERS" "$GPT_BATCH" 96 8 256 8 1e-3
+  train_gpt cogview-demo "$DEMO_DIR/gpt.lmdb" "$GPT_ITERS" "$GPT_BATCH" 288 8 256 8 1.5e-3
 fi
 
 if want sr-data && [ ! -d "$DEMO_DIR/sr.lmdb" ]; then
@@ -90,7 +91,7 @@ fi
 
 if want sr; then
   say "super-resolution GPT ($SR_ITERS iterations of $SR_BATCH)"
-  train_gpt cogview-demo-sr "$DEMO_DIR/sr.lmdb" "$SR_ITERS" "$SR_BATCH" 352 4 192 6 1e-3
+  train_gpt cogview-demo-sr "$DEMO_DIR/sr.lmdb" "$SR_ITERS" "$SR_BATCH" 352 6 192 6 1e-3
 fi
 
 if want export; then

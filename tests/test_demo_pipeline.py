@@ -57,8 +57,9 @@ def test_gpt_and_sr_rows(tmp_path, demo_tokenizer):
     for i in range(10):
         r = np.asarray(LMDBDataset(sr)[i])
         boi1, boi2 = list(r).index(tok["[BOI1]"]), list(r).index(tok["[BOI2]"])
-        assert r[boi1 - 1] in (tok["[TINY]"], tok["[SMALL]"])  # super-resolution / low-level head
-        assert boi2 - boi1 == 64 + 5 and r[boi2 - 1] == tok["[SMALL]"] and len(r) == boi2 + 1 + 256 + 1
+        # 8x8 grid: 4x4 low-res windows -> 8x8 high-res blocks (generation.magnify.sr_window)
+        assert r[boi1 - 1] == tok["[TINY]"] and r[boi2 - 1] == tok["[TINY]"]
+        assert boi2 - boi1 == 16 + 5 and len(r) == boi2 + 1 + 64 + 1
 
 
 def test_vqvae_lmdb_images_load_in_worker_processes(tmp_path):

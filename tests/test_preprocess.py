@@ -19,7 +19,7 @@ from data_utils.lmdb_readers import close_reader
 from data_utils.sp_tokenizer import train_text_tokenizer
 from data_utils.templates import TextCodeTemplate
 from data_utils.unified_tokenizer import UnifiedTokenizer
-from generation.magnify import magnify
+from generation.magnify import magnify, sr_window
 from preprocess import PreprocessConfig, run, sr_layout, sr_positions, sr_row
 from preprocess.journal import JOURNAL_NAME
 from preprocess.pipeline import TEST_DELAY_ENV
@@ -254,7 +254,7 @@ def test_super_resolution_rows_match_magnify(assets, grid):
     text = tok.EncodeAsIds("a red cat")
     layout = sr_layout(grid)
     rows = [sr_row(tok, text, low, high, p, layout) for p in sr_positions(layout)]
-    assert len(rows) == layout.count ** 2 == {8: 1, 16: 1, 32: 9}[grid]
+    assert len(rows) == layout.count ** 2 == 9  # 3 x 3 windows at every grid
     calls = []
 
     def fill(seq):
@@ -268,8 +268,8 @@ def test_super_resolution_rows_match_magnify(assets, grid):
 
     size = {8: "[TINY]", 16: "[SMALL]", 32: "[BASE]"}[grid]
     prefix = [tok["[ROI1]"], *text, tok[size], tok["[BOI1]"]]
-    window = min(16, grid)
-    hi = magnify(torch.as_tensor(low), prefix, fill, tok.command_tokens, window=window, stride=window // 2)
+    window, stride = sr_window(grid)
+    hi = magnify(torch.as_tensor(low), prefix, fill, tok.command_tokens, window=window, stride=stride)
     np.testing.assert_array_equal(hi[0].numpy(), high)
     assert len(calls) == len(rows)
     assert all(r[-1] == tok["[EOI2]"] for r in rows)
@@ -281,19 +281,20 @@ def test_super_resolution_cli_rows(assets, tmp_path):
     tok = UnifiedTokenizer(img_tokenizer_num_tokens=64, txt_tokenizer_path=assets["sp"])
     model = load_model(assets["vqvae"])
     ds = LMDBDataset(str(out))
-    assert len(ds) == len(assets["good"])  # 8x8 grid: one window per image
+    assert len(ds) == 9 * len(assets["good"])  # 8x8 grid: 3 x 3 windows of 4x4 per image
     rows = {tuple(ds[i].tolist()) for i in range(len(ds))}
     close_reader(str(out))
     layout = sr_layout(IMG_SIZE // 8)
     for name in [n for n in assets["good"] if n.startswith("good")]:
         path = str(assets["images"] / name)
-        row = sr_row(tok, tok.EncodeAsIds(assets["good"][name]), codes_of(model, path),
-                     codes_of(model, path, 2 * IMG_SIZE), (0, 0), layout)
-        assert tuple(row.tolist()) in rows
+        for position in sr_positions(layout):
+            row = sr_row(tok, tok.EncodeAsIds(assets["good"][name]), codes_of(model, path),
+                         codes_of(model, path, 2 * IMG_SIZE), position, layout)
+            assert tuple(row.tolist()) in rows
     row = np.asarray(next(iter(rows)))
     names = [tok.DecodeIds([int(x)])[0][0] for x in row[row >= tok.command_offset]]
-    assert names == ["[ROI1]", "[TINY]", "[BOI1]", "[EOI1]", "[ROI2]", "[POS0]", "[SMALL]", "[BOI2]", "[EOI2]"]
-    assert len(row) - np.argmax(row == tok["[BOI2]"]) - 2 == 16 * 16
+    assert names == ["[ROI1]", "[TINY]", "[BOI1]", "[EOI1]", "[ROI2]", "[POS0]", "[TINY]", "[BOI2]", "[EOI2]"]
+    assert len(row) - np.argmax(row == tok["[BOI2]"]) - 2 == 8 * 8
 
 
 

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Evaluate the shipped demo models on held-out shapes prompts and images (bench/eval_demo.py):
+# text2image, image2text, post-selection and super-resolution scored by the grammar checker.
+#   ./scripts/eval_demo.sh                      # prints the numbers
+#   ./scripts/eval_demo.sh --write-results      # and updates bench/RESULTS.md
+# Options: --prompts N (held-out prompts per kind, default 100), --sr-images N, --model DIR,
+# --sr-model DIR, --json FILE.
+set -euo pipefail
+main_dir="$(dirname "$(dirname "$(realpath "$0")")")"
+exec python3 "$main_dir/bench/eval_demo.py" "$@"

@@ -1,0 +1,122 @@
+"""The shipped demo models through the user-facing scripts, scored by the grammar checker.
+
+These check what the README promises on a fresh CPU machine: the scripts find the demo
+checkpoints by themselves, and what comes out matches the prompts. Skipped when the
+demo checkpoints are not in pretrained/ (before ./scripts/train_demo.sh has run).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_utils.shapes import parse_caption
+from generation.queries import Query
+from data_utils.shapes_checker import check_image
+
+from .conftest import ROOT
+
+DEMO = os.path.join(ROOT, "pretrained", "cogview", "cogview-demo")
+DEMO_SR = os.path.join(ROOT, "pretrained", "cogview", "cogview-demo-sr")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (os.path.isdir(DEMO) and os.path.isdir(DEMO_SR)),
+                                 reason="shipped demo models absent (run ./scripts/train_demo.sh)")]
+
+
+def run_script(script: str, tmp_path, lines=None, source=None, **env_vars):
+    if lines is not None:
+        source = tmp_path / "in.txt"
+        source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    env = dict(os.environ, INPUT_SOURCE=str(source), OUTPUT_PATH=str(tmp_path / "out"), CUDA_VISIBLE_DEVICES="",
+               **env_vars)
+    env.pop("CHECKPOINT_PATH", None)  # the scripts must find the shipped model themselves
+    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", script), "--seed", "11"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_text2image_script_draws_what_the_prompts_say(tmp_path):
+    prompts = ["a large yellow heart in the center on a gray background",
+               "白色背景上，一个中等大小的蓝色正方形在中间",
+               "a green circle above an orange square on a black background"]
+    result = run_script("text2image.sh", tmp_path, prompts, BATCH_SIZE="2", MAX_INFERENCE_BATCH_SIZE="2")
+    assert "using the shipped demo model" in result.stderr
+    folders = sorted(glob.glob(str(tmp_path / "out" / "*")))
+    assert len(folders) == 3
+    right = 0
+    for prompt in prompts:
+        folder = str(tmp_path / "out" / Query(1, prompt, None, [prompt]).label)
+        for k in range(2):
+            img = Image.open(os.path.join(folder, f"{k}.jpg"))
+            assert img.size == (128, 128)
+            res = check_image(parse_caption(prompt), np.asarray(img))
+            right += res["background"] and res.get("colour", res.get("colours"))
+    assert right >= 4, f"only {right} of 6 images have the prompt's background and colours"
+
+
+def test_image2text_script_captions_the_example_images(tmp_path):
+    source = os.path.join(ROOT, "assets", "examples", "image2text.txt")
+    result = run_script("image2text.sh", tmp_path, source=source, BATCH_SIZE="1")
+    captions = re.findall(r"^line (\d+) sample 0: (.*)$", result.stdout, re.M)
+    assert len(captions) == 4
+    with open(source) as f:
+        paths = [line.strip() for line in f if line.strip()]
+    good = 0
+    for number, text in captions:
+        scene = parse_caption(text.rstrip(".。"))
+        img = np.asarray(Image.open(os.path.join(ROOT, paths[int(number) - 1])).convert("RGB"))
+        if scene is not None:
+            res = check_image(scene, img)  # the caption's scene read back from the true image
+            good += res["background"] and res.get("colour", res.get("colours", False))
+    assert good >= 3, captions
+
+
+def test_post_selection_prefers_the_matching_image(tmp_path):
+    run_script("post_selection.sh", tmp_path, source=os.path.join(ROOT, "input_select.txt"))
+    lines = (tmp_path / "out" / "scores_rank_0.txt").read_text().splitlines()
+    scores = [[float(x) for x in lines[i].split("\t")] for i in (1, 3)]
+    assert int(np.argmax(scores[0])) == 0  # the red star for "a medium red star ..."
+    assert int(np.argmax(scores[1])) == 1  # the yellow heart for the Chinese yellow-heart prompt
+
+
+def test_super_resolution_scripts_double_the_side(tmp_path):
+    line = "a medium red star on the left on a white background\tassets/examples/red_star.png"
+    run_script("super_resolution.sh", tmp_path, [line], BATCH_SIZE="1")
+    (grid,) = glob.glob(str(tmp_path / "out" / "*.jpg"))
+    assert Image.open(grid).size == (256, 256)
+    low = tmp_path / "low"
+    low.mkdir()
+    run_script("low_level_super_resolution.sh", low, [line], BATCH_SIZE="1", MAX_INFERENCE_BATCH_SIZE="1")
+    (img,) = glob.glob(str(low / "out" / "*" / "0.jpg"))
+    assert Image.open(img).size == (128, 128)
+
+
+def test_inpainting_keeps_the_rest_of_the_image(tmp_path):
+    run_script("inpainting.sh", tmp_path, source=os.path.join(ROOT, "input_inpainting.txt"),
+               BATCH_SIZE="1", MAX_INFERENCE_BATCH_SIZE="1")
+    (img,) = glob.glob(str(tmp_path / "out" / "*" / "0.jpg"))
+    out = np.asarray(Image.open(img).convert("RGB")).astype(float)
+    src = np.asarray(Image.open(os.path.join(ROOT, "assets/examples/blue_diamond_cyan_circle.png")).convert("RGB"))
+    assert np.abs(out[:56] - src[:56]).mean() < 12  # the kept top half is the source, through the VQ-VAE
+
+
+def test_eval_script_runs_and_reports_every_measure(tmp_path):
+    out = tmp_path / "eval.json"
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "eval_demo.py"), "--prompts", "3",
+                             "--sr-images", "1", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    numbers = json.loads(out.read_text())
+    for key in ("vqvae_ceiling", "text2image", "image2text", "post_selection", "super_resolution",
+                "text2image_seconds_per_image"):
+        assert key in numbers
+    assert 0 <= numbers["text2image"]["one"]["colour"] <= 100
+    assert "| text2image one object: shape | >= 80% |" in result.stdout
