@@ -23,15 +23,16 @@ GPT_ROWS=${GPT_ROWS:-200000}
 GPT_ITERS=${GPT_ITERS:-2900}
 GPT_BATCH=${GPT_BATCH:-16}
 SR_ROWS=${SR_ROWS:-24000}
-SR_ITERS=${SR_ITERS:-1800}
+SR_ITERS=${SR_ITERS:-1000}
 SR_BATCH=${SR_BATCH:-16}
-TOKENIZER=pretrained/text_tokenizer/shapes
-VQVAE=pretrained/vqvae/shapes_vqvae.pt
+VQ_IMAGES=${VQ_IMAGES:-24000}
+PRETRAINED_DIR=${PRETRAINED_DIR:-pretrained}   # where the finished models go
+TOKENIZER=$PRETRAINED_DIR/text_tokenizer/shapes
+VQVAE=$PRETRAINED_DIR/vqvae/shapes_vqvae.pt
 CKPT="$DEMO_DIR/checkpoints"
 
 if has_gpu; then DEVICE=(--device cuda); PRECISION=(--bf16); else
-  cpu_environment
-  export OMP_NUM_THREADS=$(nproc --all)  # nproc alone would echo OMP_NUM_THREADS back
+  cpu_environment  # one process using every core
   DEVICE=(--device cpu); PRECISION=(--bf16)
 fi
 want() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -47,13 +48,13 @@ fi
 if want vqvae && [ ! -f "$VQVAE" ]; then
   say "VQ-VAE ($VQ_ITERS iterations)"
   [ -d "$DEMO_DIR/vqvae_images.lmdb" ] || "$PYTHON" -m data_utils.make_demo_data vqvae-images \
-      --out "$DEMO_DIR/vqvae_images.lmdb" --num 24000 --img-size "$IMG_SIZE" --seed "$SEED"
+      --out "$DEMO_DIR/vqvae_images.lmdb" --num "$VQ_IMAGES" --img-size "$IMG_SIZE" --seed "$SEED"
   # trained on 64 px crops (of 128 and 256 px renders); being convolutional it encodes any size
   "$PYTHON" -m vqvae.train --data "$DEMO_DIR/vqvae_images.lmdb" --save "$CKPT/vqvae" --resume \
       --img-size 64 --channel 64 --n-res-block 2 --embed-dim 32 --n-embed 512 --stride 6 \
       --batch-size 32 --lr 6e-4 --iters "$VQ_ITERS" --dead-code-threshold 0.5 \
       --log-interval 100 --save-interval 500 --keep-last 2 --num-workers 1 "${DEVICE[@]}"
-  "$PYTHON" -m arch.export_release vqvae "$CKPT/vqvae/$(cat "$CKPT/vqvae/latest")" "$VQVAE"
+  "$PYTHON" -m arch.export_release vqvae "$CKPT/vqvae/vqvae_$(cat "$CKPT/vqvae/latest").pt" "$VQVAE"
 fi
 
 if want gpt-data && [ ! -d "$DEMO_DIR/gpt.lmdb" ]; then
@@ -95,11 +96,11 @@ if want sr; then
 fi
 
 if want export; then
-  say "export to pretrained/cogview"
+  say "export to $PRETRAINED_DIR/cogview"
   for name in cogview-demo cogview-demo-sr; do
     if [ -f "$CKPT/$name/latest_checkpointed_iteration.txt" ]; then
-      rm -rf "pretrained/cogview/$name"
-      "$PYTHON" -m arch.export_release gpt "$CKPT/$name" "pretrained/cogview/$name" --dtype float16 \
+      rm -rf "$PRETRAINED_DIR/cogview/$name"
+      "$PYTHON" -m arch.export_release gpt "$CKPT/$name" "$PRETRAINED_DIR/cogview/$name" --dtype float16 \
           --img-tokenizer-path "$VQVAE" --txt-tokenizer-path "$TOKENIZER.model"
     fi
   done

@@ -8,10 +8,12 @@ has_gpu() {
 }
 
 cpu_environment() {
-    # DeepSpeed on CPU: its CPU accelerator (gloo; oneCCL not needed), one thread per process
-    # unless the caller says otherwise (pretrain_gpt2.py also disables DeepSpeed's shm op)
+    # DeepSpeed on CPU: its CPU accelerator (gloo; oneCCL not needed), the cores shared out
+    # among the CPU_PROCS processes unless the caller says otherwise (pretrain_gpt2.py also
+    # disables DeepSpeed's shm op). `nproc --all`: plain nproc echoes OMP_NUM_THREADS back.
     export DS_ACCELERATOR=cpu
-    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+    local per_proc=$(( $(nproc --all) / ${CPU_PROCS:-1} ))
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( per_proc > 0 ? per_proc : 1 ))}
 }
 
 # tutorial_recipe <experiment> <dataset type> <train data> <train iters> <DeepSpeed json>:

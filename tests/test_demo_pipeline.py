@@ -120,3 +120,37 @@ def test_first_sentence_cuts_generated_captions():
     assert first_sentence(" a red circle on a white background. a blue") == "a red circle on a white background."
     assert first_sentence("白色背景上，一个红色圆形在左上角。白色") == "白色背景上，一个红色圆形在左上角。"
     assert first_sentence("no end mark") == "no end mark"
+
+
+@pytest.mark.slow
+def test_train_demo_script_end_to_end_and_resumable(tmp_path):
+    """scripts/train_demo.sh with tiny step counts: every stage runs, the exported models
+    drive generate_samples.py, and a second run skips what is done."""
+    env = dict(os.environ, DEMO_DIR=str(tmp_path / "demo"), PRETRAINED_DIR=str(tmp_path / "pre"),
+               VQ_ITERS="3", VQ_IMAGES="64", GPT_ROWS="48", GPT_ITERS="3", GPT_BATCH="4", SR_ROWS="24",
+               SR_ITERS="2", SR_BATCH="4", CUDA_VISIBLE_DEVICES="", FORCE_CPU="1")
+    script = os.path.join(ROOT, "scripts", "train_demo.sh")
+    first = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    pre = tmp_path / "pre"
+    for path in ("text_tokenizer/shapes.model", "vqvae/shapes_vqvae.pt", "cogview/cogview-demo/model_config.json",
+                 "cogview/cogview-demo-sr/model_config.json"):
+        assert (pre / path).is_file(), path
+    with open(pre / "cogview" / "cogview-demo" / "model_config.json") as f:
+        config = json.load(f)
+    assert config["img_size"] == 128 and config["num_layers"] == 8
+    assert os.path.samefile(os.path.join(pre, "cogview", "cogview-demo", config["txt_tokenizer_path"]),
+                            pre / "text_tokenizer" / "shapes.model")
+    second = subprocess.run(["bash", script], env=dict(env, STEPS="tokenizer vqvae gpt-data sr-data"),
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and "== train_demo:" not in second.stderr.replace("== train_demo: done", "")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a small red circle in the top left corner on a white background\n")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "generate_samples.py"), "--load",
+                          str(pre / "cogview" / "cogview-demo"), "--device", "cpu", "--input-source", str(prompts),
+                          "--output-path", str(tmp_path / "samples"), "--batch-size", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    from PIL import Image
+    (img,) = (tmp_path / "samples").glob("*/0.jpg")
+    assert Image.open(img).size == (128, 128)
