@@ -83,12 +83,14 @@ class LmdbImageDataset(_Images):
         self.path, self.img_size = path, img_size
         # read the length with a short-lived handle: py-lmdb refuses to open a path that a
         # forked DataLoader worker inherited as open from its parent
-        env = self._open_environment()
+        cached = _ENVS.get((os.getpid(), os.path.abspath(path)))
+        env = cached or self._open_environment()
         try:
             with env.begin() as txn:
                 raw = txn.get(b"length")
         finally:
-            env.close()
+            if cached is None:
+                env.close()
         if raw is None or not raw.strip().isdigit():
             raise ValueError(f"{path}: LMDB without a numeric 'length' key")
         self.length = int(raw)
