@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import os
 import random
 import shutil
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -44,19 +45,27 @@ def _png(img) -> bytes:
     return buf.getvalue()
 
 
-def _atomic_lmdb(out: str):
+def write_lmdb(out: str, values: Iterable[bytes], commit_every: int = 5000) -> int:
+    """Store values under keys "0", "1", ... plus "length" in a new LMDB at ``out``: written to
+    ``<out>.tmp`` and renamed when complete, so an interrupted step leaves no partial LMDB."""
     import lmdb
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    return lmdb.open(tmp, map_size=1 << 36, subdir=True), tmp
-
-
-def _finish_lmdb(env, tmp: str, out: str, count: int) -> None:
-    with env.begin(write=True) as txn:
-        txn.put(b"length", str(count).encode())
+    env = lmdb.open(tmp, map_size=1 << 36, subdir=True)
+    count = 0
+    txn = env.begin(write=True)
+    for value in values:
+        txn.put(str(count).encode(), value)
+        count += 1
+        if count % commit_every == 0:
+            txn.commit()
+            txn = env.begin(write=True)
+    txn.put(b"length", str(count).encode())
+    txn.commit()
     env.close()
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+    return count
 
 
 def write_captions(out: str) -> int:
@@ -93,20 +102,15 @@ def write_vqvae_images(out: str, num: int, seed: int, img_size: int) -> int:
     encoded at). The VQ-VAE is convolutional, so it trains on crops and encodes any size."""
     rng = random.Random(seed + 17)
     scenes = sample_scenes(num, seed)
-    env, tmp = _atomic_lmdb(out)
-    txn = env.begin(write=True)
-    for i, scene in enumerate(tqdm(scenes, desc="rendering VQ-VAE images", mininterval=5)):
-        size = 2 * img_size if i % 3 == 2 else img_size
-        crop = min(VQVAE_CROP, size)
-        x, y = rng.randrange(size - crop + 1), rng.randrange(size - crop + 1)
-        img = render(scene, size).crop((x, y, x + crop, y + crop))
-        txn.put(str(i).encode(), _png(img))
-        if i % 2000 == 1999:
-            txn.commit()
-            txn = env.begin(write=True)
-    txn.commit()
-    _finish_lmdb(env, tmp, out, len(scenes))
-    return len(scenes)
+
+    def crops():
+        for i, scene in enumerate(tqdm(scenes, desc="rendering VQ-VAE images", mininterval=5)):
+            size = 2 * img_size if i % 3 == 2 else img_size
+            crop = min(VQVAE_CROP, size)
+            x, y = rng.randrange(size - crop + 1), rng.randrange(size - crop + 1)
+            yield _png(render(scene, size).crop((x, y, x + crop, y + crop)))
+
+    return write_lmdb(out, crops())
 
 
 class _Encoder:
@@ -167,18 +171,14 @@ def write_gpt_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
     scenes = sample_scenes(num, seed)
     codes = _Encoder(vqvae, device).encode(scenes, img_size)
     rng = random.Random(seed + 1)
-    env, tmp = _atomic_lmdb(out)
-    txn = env.begin(write=True)
-    for i, (scene, code) in enumerate(zip(tqdm(scenes, desc="writing rows", mininterval=5), codes)):
-        text = caption(scene, rng.choice(LANGUAGES))
-        direction = "image2text" if rng.random() < image2text_fraction else "text2image"
-        txn.put(str(i).encode(), encode_row(gpt_rows(tok, code, text, direction)))
-        if i % 5000 == 4999:
-            txn.commit()
-            txn = env.begin(write=True)
-    txn.commit()
-    _finish_lmdb(env, tmp, out, len(scenes))
-    return len(scenes)
+
+    def rows():
+        for scene, code in zip(tqdm(scenes, desc="writing rows", mininterval=5), codes):
+            text = caption(scene, rng.choice(LANGUAGES))
+            direction = "image2text" if rng.random() < image2text_fraction else "text2image"
+            yield encode_row(gpt_rows(tok, code, text, direction))
+
+    return write_lmdb(out, rows())
 
 
 def write_sr_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
@@ -199,20 +199,14 @@ def write_sr_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
     layout = sr_layout(grid)
     positions = sr_positions(layout)
     rng = random.Random(seed + 3)
-    env, tmp = _atomic_lmdb(out)
-    txn = env.begin(write=True)
-    count = 0
-    for i, scene in enumerate(tqdm(scenes, desc="writing rows", mininterval=5)):
-        for position in rng.sample(positions, min(windows_per_scene, len(positions))):
-            if count == num:
-                break
-            text_ids = tok(caption(scene, rng.choice(LANGUAGES)))
-            row = sr_row(tok, text_ids, low[i], high[i], position, layout)
-            txn.put(str(count).encode(), encode_row(row))
-            count += 1
-    txn.commit()
-    _finish_lmdb(env, tmp, out, count)
-    return count
+
+    def rows():
+        for i, scene in enumerate(tqdm(scenes, desc="writing rows", mininterval=5)):
+            for position in rng.sample(positions, min(windows_per_scene, len(positions))):
+                text_ids = tok(caption(scene, rng.choice(LANGUAGES)))
+                yield encode_row(sr_row(tok, text_ids, low[i], high[i], position, layout))
+
+    return write_lmdb(out, itertools.islice(rows(), num))
 
 
 def write_held_out(out: str, seed: int, img_size: int, per_kind: int) -> int:
