@@ -162,6 +162,11 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--finetune", action="store_true",
                        help="load model for finetuning: weights only, restart at "
                             "iteration 0, positions restart at [ROI2]")
+    group.add_argument("--roi2-positions", action="store_true",
+                       help="(new) the finetune sequence rule without --finetune: samples "
+                            "are --max-position-embeddings-finetune long and positions "
+                            "restart at [ROI2], while --load resumes normally (train a "
+                            "super-resolution model from scratch, resumably)")
     group.add_argument("--resume-dataloader", action="store_true",
                        help="resume the dataloader at the loaded iteration")
     group.add_argument("--distributed-backend", default="nccl",

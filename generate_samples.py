@@ -22,7 +22,7 @@ from tqdm import tqdm
 from arch import CheckpointError
 from arguments import get_args
 from generation import SamplingConfig, TokenLayout, generate_in_chunks, inverse_prompt_score, magnify
-from generation.magnify import sr_window
+from generation.magnify import sr_middle_tokens, sr_window
 from generation.model_setup import apply_checkpoint_config, load_generation_model
 from generation.outputs import first_sentence, save_debug_grid, save_samples, to_side
 from generation.queries import (Query, QueryError, check_command_tokens, check_positions, parse_region,
@@ -53,10 +53,11 @@ class Generator:
         return int(round(codes.numel() ** 0.5))
 
     # ---- helpers ------------------------------------------------------------------------
-    def parse(self, text: str, img_size: Optional[int] = None) -> List[int]:
+    def parse(self, text: str, img_size: Optional[int] = None, check: bool = True) -> List[int]:
         check_command_tokens(text, self.tokenizer.command_tokens)
         ids = self.tokenizer.parse_query(text, img_size=img_size or self.args.img_size)
-        check_positions(ids, self.tokenizer["[ROI2]"], self.max_positions)
+        if check:
+            check_positions(ids, self.tokenizer["[ROI2]"], self.max_positions)
         return ids
 
     def sample(self, ids: List[int], batch_size: Optional[int] = None, desc: str = "") -> torch.Tensor:
@@ -126,10 +127,14 @@ class Generator:
 
     def super_resolution(self, query: Query) -> None:
         text, path = query.fields
-        ids = self.parse(task_template("super-resolution", self.grid).format(text, path))
+        # the model never sees the whole low-res image, only magnify's window sequences
+        ids = self.parse(task_template("super-resolution", self.grid).format(text, path), check=False)
         boi = ids.index(self.tokenizer["[BOI1]"])
         prefix, low = ids[:boi + 1], torch.tensor(ids[boi + 1:])
         window, stride = sr_window(self.grid)
+        one_window = (prefix + [0] * window ** 2 + [self.tokenizer[t] for t in sr_middle_tokens(window)]
+                      + [-1] * (2 * window) ** 2)
+        check_positions(one_window, self.tokenizer["[ROI2]"], self.max_positions)
         start = time.time()
         images = []
         for _ in range(self.args.batch_size):

@@ -117,13 +117,18 @@ class BinaryDataset(Dataset):
         return self.process_fn(row) if self.process_fn is not None else row
 
 
-def sequence_length(args) -> int:
-    """ml: max_position_embeddings, or the finetune length when --finetune and larger."""
-    ml = int(args.max_position_embeddings)
+def uses_roi2_positions(args) -> bool:
+    """--finetune (or --roi2-positions) with a finetune length above the position table."""
     finetune_ml = getattr(args, "max_position_embeddings_finetune", -1)
-    if getattr(args, "finetune", False) and finetune_ml is not None and finetune_ml > ml:
-        ml = int(finetune_ml)
-    return ml
+    wanted = getattr(args, "finetune", False) or getattr(args, "roi2_positions", False)
+    return bool(wanted and finetune_ml is not None and finetune_ml > int(args.max_position_embeddings))
+
+
+def sequence_length(args) -> int:
+    """ml: max_position_embeddings, or the finetune length under the [ROI2] position rule."""
+    if uses_roi2_positions(args):
+        return int(args.max_position_embeddings_finetune)
+    return int(args.max_position_embeddings)
 
 
 class RowProcessor:

@@ -22,8 +22,10 @@ VQ_ITERS=${VQ_ITERS:-3500}
 GPT_ROWS=${GPT_ROWS:-200000}
 GPT_ITERS=${GPT_ITERS:-2900}
 GPT_BATCH=${GPT_BATCH:-16}
+GPT_LR=${GPT_LR:-1.5e-3}
+GPT_INIT=${GPT_INIT:-}                  # start the GPT from these weights (a release folder) instead of scratch
 SR_ROWS=${SR_ROWS:-24000}
-SR_ITERS=${SR_ITERS:-1000}
+SR_ITERS=${SR_ITERS:-1500}
 SR_BATCH=${SR_BATCH:-16}
 VQ_IMAGES=${VQ_IMAGES:-24000}
 PRETRAINED_DIR=${PRETRAINED_DIR:-pretrained}   # where the finished models go
@@ -63,11 +65,20 @@ if want gpt-data && [ ! -d "$DEMO_DIR/gpt.lmdb" ]; then
       --img-size "$IMG_SIZE" --vqvae "$VQVAE" --txt-tokenizer-path "$TOKENIZER.model"
 fi
 
-# train_gpt <name> <data> <iterations> <batch> <positions> <layers> <hidden> <heads> <lr>
+# train_gpt <name> <data> <iterations> <batch> <positions> <layers> <hidden> <heads> <lr> [flags...]
 train_gpt() {
   local name=$1 data=$2 iters=$3 batch=$4 positions=$5 layers=$6 hidden=$7 heads=$8 lr=$9
+  shift 9
   mkdir -p "$CKPT/$name"  # a fixed folder: --load of an empty folder starts from scratch
-  "$PYTHON" pretrain_gpt2.py --experiment-name "$name" --load "$CKPT/$name" --save "$CKPT" \
+  local load=(--load "$CKPT/$name")  # resume this run when it has a checkpoint
+  if [ ! -f "$CKPT/$name/latest_checkpointed_iteration.txt" ] && [ -n "${INIT:-}" ]; then
+    # first run from given weights: weights only, iteration 0. The run is named after the
+    # --load folder, so the weights are reached through a link named like this run.
+    mkdir -p "$DEMO_DIR/init"
+    ln -sfn "$(realpath "$INIT")" "$DEMO_DIR/init/$name"
+    load=(--load "$DEMO_DIR/init/$name" --finetune)
+  fi
+  "$PYTHON" pretrain_gpt2.py --experiment-name "$name" "${load[@]}" --save "$CKPT" \
       --train-data "$data" --dataset-type TokenizedDataset --split 995,5,0 \
       --img-tokenizer-path "$VQVAE" --txt-tokenizer-path "$TOKENIZER.model" --img-size "$IMG_SIZE" \
       --num-layers "$layers" --hidden-size "$hidden" --num-attention-heads "$heads" \
@@ -76,12 +87,12 @@ train_gpt() {
       --weight-decay 0.01 --clip-grad 1.0 --hidden-dropout 0 --attention-dropout 0 \
       --save-interval 500 --eval-interval 1000 --eval-iters 10 --log-interval 100 \
       --resume-dataloader --num-workers 1 --seed "$SEED" --summary-dir "$CKPT/tensorboard" \
-      "${DEVICE[@]}" "${PRECISION[@]}"
+      "${DEVICE[@]}" "${PRECISION[@]}" "$@"
 }
 
 if want gpt; then
   say "CogView GPT ($GPT_ITERS iterations of $GPT_BATCH)"
-  train_gpt cogview-demo "$DEMO_DIR/gpt.lmdb" "$GPT_ITERS" "$GPT_BATCH" 288 8 256 8 1.5e-3
+  INIT=$GPT_INIT train_gpt cogview-demo "$DEMO_DIR/gpt.lmdb" "$GPT_ITERS" "$GPT_BATCH" 288 8 256 8 "$GPT_LR"
 fi
 
 if want sr-data && [ ! -d "$DEMO_DIR/sr.lmdb" ]; then
@@ -92,15 +103,15 @@ fi
 
 if want sr; then
   say "super-resolution GPT ($SR_ITERS iterations of $SR_BATCH)"
-  train_gpt cogview-demo-sr "$DEMO_DIR/sr.lmdb" "$SR_ITERS" "$SR_BATCH" 352 6 192 6 1e-3
+  # rows are up to 352 tokens; positions restart at [ROI2] (the rule generation uses, and
+  # the original's cogview-sr was finetuned with), so 264 positions cover both halves
+  train_gpt cogview-demo-sr "$DEMO_DIR/sr.lmdb" "$SR_ITERS" "$SR_BATCH" 264 6 192 6 1e-3 \
+      --roi2-positions --max-position-embeddings-finetune 352
 fi
 
 if want export; then
   say "export to $PRETRAINED_DIR/cogview"
-  # cogview-demo-sr is not exported yet: it trains with plain positions, but generation
-  # restarts positions at [ROI2] (the original's finetune rule), so magnify cannot run it
-  # (see README, "Demo models"); it stays in $CKPT/cogview-demo-sr
-  for name in cogview-demo; do
+  for name in cogview-demo cogview-demo-sr; do
     if [ -f "$CKPT/$name/latest_checkpointed_iteration.txt" ]; then
       rm -rf "$PRETRAINED_DIR/cogview/$name"
       "$PYTHON" -m arch.export_release gpt "$CKPT/$name" "$PRETRAINED_DIR/cogview/$name" --dtype float16 \

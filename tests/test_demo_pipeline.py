@@ -1,6 +1,7 @@
 """Pieces of scripts/train_demo.sh on tiny models: tokenizer, rows, release export."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -135,9 +136,9 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     pre = tmp_path / "pre"
     for path in ("text_tokenizer/shapes.model", "vqvae/shapes_vqvae.pt", "cogview/cogview-demo/model_config.json"):
         assert (pre / path).is_file(), path
-    # trained but not exported until it uses the [ROI2] positions generation feeds it
-    assert (tmp_path / "demo" / "checkpoints" / "cogview-demo-sr" / "latest_checkpointed_iteration.txt").is_file()
-    assert not (pre / "cogview" / "cogview-demo-sr").exists()
+    with open(pre / "cogview" / "cogview-demo-sr" / "model_config.json") as f:
+        sr_config = json.load(f)  # trained with positions restarting at [ROI2], as magnify feeds them
+    assert (sr_config["max_position_embeddings"], sr_config["max_position_embeddings_finetune"]) == (264, 352)
     with open(pre / "cogview" / "cogview-demo" / "model_config.json") as f:
         config = json.load(f)
     assert config["img_size"] == 128 and config["num_layers"] == 8
@@ -156,3 +157,44 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     from PIL import Image
     (img,) = (tmp_path / "samples").glob("*/0.jpg")
     assert Image.open(img).size == (128, 128)
+    # the exported super-resolution model runs magnify's 3x3 windows: 128 px -> 256 px
+    from data_utils.shapes import render, sample_scenes
+    render(sample_scenes(1, 5)[0], 128).save(tmp_path / "low.png")
+    (tmp_path / "sr.txt").write_text(f"a small red circle in the top left corner on a white background\t"
+                                     f"{tmp_path / 'low.png'}\n")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "generate_samples.py"), "--load",
+                          str(pre / "cogview" / "cogview-demo-sr"), "--device", "cpu", "--generation-task",
+                          "super-resolution", "--input-source", str(tmp_path / "sr.txt"),
+                          "--output-path", str(tmp_path / "sr_out"), "--batch-size", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (img,) = [p for p in (tmp_path / "sr_out").rglob("*.jpg")]
+    assert Image.open(img).size[0] == 256
+    # GPT_INIT: a new run starts from exported weights (iteration 0), then resumes as usual
+    shutil.rmtree(tmp_path / "demo" / "checkpoints" / "cogview-demo")
+    shutil.copytree(pre / "cogview" / "cogview-demo", tmp_path / "init")
+    cont = subprocess.run(["bash", script], env=dict(env, STEPS="gpt export", GPT_ITERS="2",
+                                                     GPT_INIT=str(tmp_path / "init")),
+                          capture_output=True, text=True, timeout=300)
+    assert cont.returncode == 0, cont.stderr[-3000:]
+    assert (pre / "cogview" / "cogview-demo" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    assert "loaded the weights of" in cont.stdout + cont.stderr
+
+
+def test_eval_caption_flags_score_each_attribute():
+    import importlib.util
+    from data_utils.shapes import parse_caption
+    spec = importlib.util.spec_from_file_location("eval_demo", os.path.join(ROOT, "bench", "eval_demo.py"))
+    eval_demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_demo)
+    truth = parse_caption("a small red star in the top left corner on a white background")
+    got = parse_caption("a small red triangle in the top left corner on a white background")
+    flags = eval_demo.caption_flags(truth, got)
+    assert flags == {"parsed": True, "all": False, "background": True, "colour": True, "shape": False,
+                     "position": True, "size": True}
+    assert not any(eval_demo.caption_flags(truth, None).values())
+    pair = parse_caption("a red star above a blue circle on a black background")
+    swapped = parse_caption("a red star below a blue circle on a black background")
+    assert eval_demo.caption_flags(pair, swapped) == {"parsed": True, "all": False, "background": True,
+                                                      "colours": True, "shapes": True, "relation": False}
+    assert not eval_demo.caption_flags(pair, truth)["colours"]

@@ -28,6 +28,11 @@ MODEL_SHAPE_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "vocab_
                      "max_position_embeddings", "model_parallel_size")
 
 
+def _print0(message: str) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(message, flush=True)
+
+
 def model_shape_args(args) -> dict:
     return {name: int(getattr(args, name)) for name in MODEL_SHAPE_FLAGS}
 
@@ -160,10 +165,12 @@ def load_training_checkpoint(load_dir: str, backend, scheduler, args) -> Tuple[i
             backend.load_optimizer_state(ckpt)
         sched_state = ckpt.get("lr_scheduler")
     if weights_only:
+        _print0(f"loaded the weights of {file} (weights only: optimizer and iteration start afresh)")
         return 0, 0, 0
     if sched_state is not None and not args.no_load_optim:
         scheduler.load_state_dict(sched_state)
     if not args.no_load_rng and "torch_rng_state" in ckpt:
         set_rng_state(ckpt)
     iteration = int(ckpt.get("iteration", ckpt.get("total_iters", 0)))
+    _print0(f"resuming from {file} at iteration {iteration}")
     return iteration, int(ckpt.get("data_position", iteration)), int(ckpt.get("skipped_steps", 0))

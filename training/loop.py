@@ -13,6 +13,7 @@ from typing import Callable, Iterator, List, Optional
 import torch
 
 from arch import mpu
+from data_utils.datasets import uses_roi2_positions
 
 from .distributed import all_reduce_mean
 from .loss import Batch, forward_step, get_batch
@@ -62,9 +63,7 @@ class Trainer:
         self.save_fn = save_fn
         self.tokenizer = tokenizer
         self.num_image_tokens = tokenizer.num_image_tokens
-        finetune_positions = (args.finetune and args.max_position_embeddings_finetune is not None
-                              and args.max_position_embeddings < args.max_position_embeddings_finetune)
-        self.roi2_id = tokenizer["[ROI2]"] if finetune_positions else None
+        self.roi2_id = tokenizer["[ROI2]"] if uses_roi2_positions(args) else None
         self.dp_group = mpu.get_data_parallel_group()
         self.dp_world = mpu.get_data_parallel_world_size()
 

@@ -26,7 +26,7 @@ def finetune_position_ids(tokens: torch.Tensor, roi2_id: int, max_position_embed
     is_roi2 = tokens == roi2_id
     if not bool(is_roi2.any(dim=1).all()):
         row = int((~is_roi2.any(dim=1)).nonzero()[0])
-        raise ValueError(f"--finetune with a longer --max-position-embeddings-finetune needs a [ROI2] "
+        raise ValueError(f"--finetune/--roi2-positions with a longer --max-position-embeddings-finetune needs a [ROI2] "
                          f"token in every sample; batch row {row} has none")
     sep = is_roi2.int().argmax(dim=1, keepdim=True)
     positions = torch.arange(s, device=tokens.device).expand(b, s)
