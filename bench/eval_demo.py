@@ -37,6 +37,7 @@ from PIL import Image
 
 from data_utils.shapes import (Scene, all_scenes, caption, parse_caption, render)
 from data_utils.shapes_checker import check_image
+from generation.queries import size_token
 
 LANGUAGES = ("en", "zh")
 
@@ -116,7 +117,7 @@ class Demo:
         from generation.outputs import first_sentence
         from generation.queries import CAPTION_LENGTH
         t = self.tok
-        size = t.command_tokens[{8: "[TINY]", 16: "[SMALL]", 32: "[BASE]", 64: "[BIG]"}[self.gen.grid]]
+        size = t.command_tokens[size_token(self.gen.grid)]
         ids = [size, t["[BOI1]"], *codes, t["[EOI1]"], t["[ROI1]"]] + [-1] * CAPTION_LENGTH
         seq = self.gen.sample(ids, batch_size=1)[0]
         texts, _ = t.DecodeIds(seq[len(ids) - CAPTION_LENGTH:].tolist())
@@ -125,7 +126,7 @@ class Demo:
     def scores(self, codes: Sequence[Sequence[int]], text: str) -> List[float]:
         from generation.post_selection import inverse_prompt_score
         t = self.tok
-        size = t.command_tokens[{8: "[TINY]", 16: "[SMALL]", 32: "[BASE]", 64: "[BIG]"}[self.gen.grid]]
+        size = t.command_tokens[size_token(self.gen.grid)]
         rows = torch.tensor([[size, t["[BOI1]"], *c, t["[EOI1]"], t["[ROI1]"], *t(text)] for c in codes])
         return inverse_prompt_score(self.gen.model, rows, t["[ROI1]"], t.num_image_tokens).tolist()
 
@@ -200,7 +201,7 @@ def evaluate_super_resolution(args, scenes: Dict[str, List[Scene]], size: int) -
     for i, s in enumerate(group):
         low_img, high = render(s, size), np.asarray(render(s, 2 * size))
         low = torch.tensor(sr.encode(low_img))
-        prefix = [t["[ROI1]"], *t(caption(s, LANGUAGES[i % 2])), t[sr_size_token(sr.gen.grid)], t["[BOI1]"]]
+        prefix = [t["[ROI1]"], *t(caption(s, LANGUAGES[i % 2])), t[size_token(sr.gen.grid)], t["[BOI1]"]]
         start = time.time()
         window, stride = sr_window(sr.gen.grid)  # as generate_samples.py's super-resolution
         hi = magnify(low, prefix, lambda seq: sr.gen.sample(seq, batch_size=1), t.command_tokens,
@@ -218,10 +219,6 @@ def evaluate_super_resolution(args, scenes: Dict[str, List[Scene]], size: int) -
         "psnr_bicubic_of_decoded_low_res_codes": round(float(np.mean(ps_bic_codes)), 2),
         "psnr_vqvae_reconstruction_of_high_res": round(float(np.mean(ps_vq)), 2),
         "seconds_per_image": round(secs / len(group), 2)}
-
-
-def sr_size_token(grid: int) -> str:
-    return {8: "[TINY]", 16: "[SMALL]", 32: "[BASE]", 64: "[BIG]"}[grid]
 
 
 def report(results: dict) -> str:
