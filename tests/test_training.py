@@ -305,7 +305,7 @@ def test_nan_loss_step_is_skipped_and_counted(tmp_path):
 
 
 @pytest.mark.slow
-def test_roi2_positions_train_from_scratch_and_resume(tmp_path):
+def test_roi2_positions_train_from_scratch_and_resume(tmp_path, capsys):
     """--roi2-positions: the finetune sequence rule (long samples, positions restart at [ROI2])
     without --finetune's weights-only load, so a second run resumes at the saved iteration."""
     import pretrain_gpt2
@@ -313,12 +313,13 @@ def test_roi2_positions_train_from_scratch_and_resume(tmp_path):
     long_rows = tiny_setup(str(tmp_path), roi2=True)
     flags = {"--roi2-positions": True, "--max-position-embeddings-finetune": 60, "--save-interval": 2}
     first = pretrain_gpt2.run(tiny_flags(long_rows, str(tmp_path / "ck"), **{**flags, "--train-iters": 2}))
-    assert first.trainer.roi2_id == long_rows["tokenizer"]["[ROI2]"]
     roi2 = long_rows["tokenizer"]["[ROI2]"]
+    assert first.trainer.roi2_id == roi2
     batch = first.trainer.make_batch({"text": torch.tensor([[5, roi2, 6, 7]]), "loss_mask": torch.ones(1, 4)})
     assert batch.position_ids.tolist() == [[0, 0, 1]]
     run_dir = glob.glob(str(tmp_path / "ck" / "tiny-*"))[0]
     second = pretrain_gpt2.run(tiny_flags(long_rows, str(tmp_path / "ck"), **{
         **flags, "--train-iters": 4, "--load": run_dir}))
     assert second.state.iteration == 4 and all(np.isfinite(second.state.losses))
-    assert second.trainer.roi2_id == long_rows["tokenizer"]["[ROI2]"]
+    assert second.trainer.roi2_id == roi2
+    assert "at iteration 2" in capsys.readouterr().out  # resumed, not restarted
