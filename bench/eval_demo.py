@@ -14,7 +14,8 @@ Every prompt and image comes from held-out scenes (data_utils.shapes.HELD_OUT_PA
   (the mean over the 8);
 - super-resolution: PSNR of magnify's output against the render at twice the size, vs
   bicubic upsampling of the low-resolution image: the image its codes decode to (the same
-  information magnify gets) and the true render.
+  information magnify gets) and the true render; low-level super-resolution (half the SR
+  model's size -> its size) against bicubic of the true render.
 Numbers go to stdout as JSON and, with --write-results, to bench/RESULTS.md.
 """
 from __future__ import annotations
@@ -185,17 +186,20 @@ def evaluate(args) -> dict:
                                  "random_pick_all_right": round(100 * np.mean(rand), 1)}
 
     if args.sr_model:
-        results["super_resolution"] = evaluate_super_resolution(args, scenes, size)
+        results["super_resolution"] = evaluate_super_resolution(args, scenes)
     return results
 
 
-def evaluate_super_resolution(args, scenes: Dict[str, List[Scene]], size: int) -> dict:
+def evaluate_super_resolution(args, scenes: Dict[str, List[Scene]]) -> dict:
     """PSNR against the render at twice the size: magnify vs bicubic (of the true low-res
     render, and of the decoded low-res codes, which is what magnify sees) vs the VQ-VAE's
-    own reconstruction of the high-res render (the ceiling)."""
+    own reconstruction of the high-res render (the ceiling). Sizes are the SR model's own
+    (its img_size -> twice that); low-level super-resolution (half its img_size -> its
+    img_size, the step after a 64 px text2image image) is measured the same way."""
     from generation.magnify import magnify, sr_window
     sr = Demo(args.sr_model, ["--temperature", "1.0", "--top_k", str(args.top_k), "--seed", str(args.seed)])
     t = sr.tok
+    size = sr.gen.args.img_size
     ps_sr, ps_bic, ps_bic_codes, ps_vq, secs = [], [], [], [], 0.0
     group = (scenes["one"][:args.sr_images // 2] + scenes["two"][:args.sr_images - args.sr_images // 2])
     for i, s in enumerate(group):
@@ -213,12 +217,35 @@ def evaluate_super_resolution(args, scenes: Dict[str, List[Scene]], size: int) -
         decoded_low = Image.fromarray(sr.decode(low))  # what the low-res codes show
         ps_bic_codes.append(_psnr(np.asarray(decoded_low.resize(side, Image.BICUBIC)), high))
         ps_vq.append(_psnr(sr.decode(sr.encode(Image.fromarray(high))), high))
+    low_level = _low_level_psnr(sr, group, size)
     return {
+        "low_res_size": size, "low_level": low_level,
         "images": len(group), "psnr_magnify": round(float(np.mean(ps_sr)), 2),
         "psnr_bicubic": round(float(np.mean(ps_bic)), 2),
         "psnr_bicubic_of_decoded_low_res_codes": round(float(np.mean(ps_bic_codes)), 2),
         "psnr_vqvae_reconstruction_of_high_res": round(float(np.mean(ps_vq)), 2),
         "seconds_per_image": round(secs / len(group), 2)}
+
+
+def _low_level_psnr(sr: Demo, group: List[Scene], size: int) -> dict:
+    """generate_samples.py's low-level super-resolution (size/2 px -> size px) vs bicubic."""
+    import tempfile
+    from generation.queries import task_template
+    ps, ps_bic, secs = [], [], 0.0
+    template = task_template("low-level super-resolution", sr.gen.grid)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, s in enumerate(group):
+            low, high = render(s, size // 2), np.asarray(render(s, size))
+            path = os.path.join(tmp, f"{i}.png")
+            low.save(path)
+            start = time.time()
+            ids = sr.gen.parse(template.format(caption(s, LANGUAGES[i % 2]), path), img_size=size // 2)
+            out = _to_uint8(sr.gen.last_image(sr.gen.sample(ids, batch_size=1)[0]))
+            secs += time.time() - start
+            ps.append(_psnr(out, high))
+            ps_bic.append(_psnr(np.asarray(low.resize((size, size), Image.BICUBIC)), high))
+    return {"psnr": round(float(np.mean(ps)), 2), "psnr_bicubic": round(float(np.mean(ps_bic)), 2),
+            "seconds_per_image": round(secs / len(group), 2)}
 
 
 def report(results: dict) -> str:
@@ -251,13 +278,17 @@ def report(results: dict) -> str:
                  f"({ps['best_of_8_all_right'] - ps['random_pick_all_right']:+.1f}) | - |")
     if "super_resolution" in results:
         sr = results["super_resolution"]
-        lines.append(f"| super-resolution PSNR ({sr['images']} images): magnify vs bicubic of the decoded "
+        lines.append(f"| super-resolution PSNR ({sr['images']} images, {sr['low_res_size']} -> "
+                     f"{2 * sr['low_res_size']} px): magnify vs bicubic of the decoded "
                      f"low-res codes (the same input) | above bicubic | {sr['psnr_magnify']} dB vs "
                      f"{sr['psnr_bicubic_of_decoded_low_res_codes']} dB | "
                      f"{sr['psnr_vqvae_reconstruction_of_high_res']} dB |")
         lines.append(f"| super-resolution PSNR: magnify vs bicubic of the true low-res render | above bicubic | "
                      f"{sr['psnr_magnify']} dB vs {sr['psnr_bicubic']} dB | "
                      f"{sr['psnr_vqvae_reconstruction_of_high_res']} dB |")
+        ll, half = sr["low_level"], sr["low_res_size"] // 2
+        lines.append(f"| low-level super-resolution PSNR ({half} -> {2 * half} px) vs bicubic of the "
+                     f"true {half} px render (no target) | - | {ll['psnr']} dB vs {ll['psnr_bicubic']} dB | - |")
     lines.append(f"| text2image time per image (2 CPU cores, batch 1) | recorded | "
                  f"{results['text2image_seconds_per_image']} s | - |")
     if "super_resolution" in results:
@@ -270,12 +301,14 @@ def report(results: dict) -> str:
 
 def write_picture(model: str, prompts_file: str, out: str, per_prompt: int = 4, seed: int = 7) -> None:
     """One row of ``per_prompt`` text2image samples per prompt of ``prompts_file`` (the README
-    picture), as a PNG written atomically."""
+    picture; images under 128 px enlarged by pixel repetition), as a PNG written atomically."""
     with open(prompts_file, encoding="utf-8") as f:
         prompts = [line.strip() for line in f if line.strip()]
     demo = Demo(model, ["--seed", str(seed), "--max-inference-batch-size", str(per_prompt)])
     rows = [np.concatenate(demo.text2image(p, per_prompt), axis=1) for p in prompts]
     grid = np.concatenate(rows, axis=0)
+    scale = max(1, 128 // demo.gen.args.img_size)  # small images shown enlarged, pixels kept
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     tmp = out + ".tmp.png"
     Image.fromarray(grid).save(tmp)
     os.replace(tmp, out)

@@ -3,13 +3,14 @@
 #   text tokenizer -> VQ-VAE -> CogView GPT (text2image + image2text) -> super-resolution GPT,
 # then export them to pretrained/ (what the generation scripts fall back to).
 #
-#   ./scripts/train_demo.sh                 # everything (about 2.5 h on 2 CPU cores)
+#   ./scripts/train_demo.sh                 # everything (about 2 h 15 min on 2 CPU cores)
 #   STEPS="gpt export" ./scripts/train_demo.sh
 #
 # Every step is resumable: run the script again after an interruption and finished steps
 # are skipped, training steps continue from their last checkpoint. Work files go to
 # DEMO_DIR (default data/demo); a GPU is used when there is one.
-# Sizes can be changed with the variables below (the shipped models used the defaults).
+# Sizes can be changed with the variables below (the shipped models used the defaults;
+# pretrained/README.md has the exact commands).
 set -euo pipefail
 source "$(dirname "$(realpath "$0")")/training_common.sh"
 cd "$main_dir"
@@ -17,12 +18,14 @@ cd "$main_dir"
 DEMO_DIR=${DEMO_DIR:-data/demo}
 STEPS=${STEPS:-"tokenizer vqvae gpt-data gpt sr-data sr export"}
 SEED=${SEED:-1234}
-IMG_SIZE=${IMG_SIZE:-128}                # base model: 128 px, 16x16 codes ([SMALL]); SR: 256 px
+IMG_SIZE=${IMG_SIZE:-64}                 # base model: 64 px, 8x8 codes ([TINY]); see README "Image size"
+SR_IMG_SIZE=${SR_IMG_SIZE:-128}          # super-resolution model: SR_IMG_SIZE -> twice that
 VQ_ITERS=${VQ_ITERS:-3500}
-GPT_ROWS=${GPT_ROWS:-200000}
-GPT_ITERS=${GPT_ITERS:-2900}
-GPT_BATCH=${GPT_BATCH:-16}
+GPT_ROWS=${GPT_ROWS:-300000}
+GPT_ITERS=${GPT_ITERS:-5600}
+GPT_BATCH=${GPT_BATCH:-32}
 GPT_LR=${GPT_LR:-1.5e-3}
+GPT_POSITIONS=${GPT_POSITIONS:-$(( (IMG_SIZE / 8) ** 2 + 32 ))}  # codes + captions (<= 15 pieces) + 4 marks
 GPT_INIT=${GPT_INIT:-}                  # start the GPT from these weights (a release folder) instead of scratch
 SR_ROWS=${SR_ROWS:-24000}
 SR_ITERS=${SR_ITERS:-1500}
@@ -50,8 +53,9 @@ fi
 if want vqvae && [ ! -f "$VQVAE" ]; then
   say "VQ-VAE ($VQ_ITERS iterations)"
   [ -d "$DEMO_DIR/vqvae_images.lmdb" ] || "$PYTHON" -m data_utils.make_demo_data vqvae-images \
-      --out "$DEMO_DIR/vqvae_images.lmdb" --num "$VQ_IMAGES" --img-size "$IMG_SIZE" --seed "$SEED"
-  # trained on 64 px crops (of 128 and 256 px renders); being convolutional it encodes any size
+      --out "$DEMO_DIR/vqvae_images.lmdb" --num "$VQ_IMAGES" --img-size "$SR_IMG_SIZE" --seed "$SEED"
+  # trained on 64 px crops of SR_IMG_SIZE and twice-that renders (the super-resolution
+  # model's input and output); being convolutional it encodes any size (64 px included)
   "$PYTHON" -m vqvae.train --data "$DEMO_DIR/vqvae_images.lmdb" --save "$CKPT/vqvae" --resume \
       --img-size 64 --channel 64 --n-res-block 2 --embed-dim 32 --n-embed 512 --stride 6 \
       --batch-size 32 --lr 6e-4 --iters "$VQ_ITERS" --dead-code-threshold 0.5 \
@@ -80,7 +84,7 @@ train_gpt() {
   fi
   "$PYTHON" pretrain_gpt2.py --experiment-name "$name" "${load[@]}" --save "$CKPT" \
       --train-data "$data" --dataset-type TokenizedDataset --split 995,5,0 \
-      --img-tokenizer-path "$VQVAE" --txt-tokenizer-path "$TOKENIZER.model" --img-size "$IMG_SIZE" \
+      --img-tokenizer-path "$VQVAE" --txt-tokenizer-path "$TOKENIZER.model" --img-size "${TRAIN_IMG_SIZE:-$IMG_SIZE}" \
       --num-layers "$layers" --hidden-size "$hidden" --num-attention-heads "$heads" \
       --max-position-embeddings "$positions" --make-vocab-size-divisible-by 64 --max-memory-length 0 \
       --batch-size "$batch" --train-iters "$iters" --lr "$lr" --lr-decay-style cosine --warmup 0.02 \
@@ -92,20 +96,20 @@ train_gpt() {
 
 if want gpt; then
   say "CogView GPT ($GPT_ITERS iterations of $GPT_BATCH)"
-  INIT=$GPT_INIT train_gpt cogview-demo "$DEMO_DIR/gpt.lmdb" "$GPT_ITERS" "$GPT_BATCH" 288 8 256 8 "$GPT_LR"
+  INIT=$GPT_INIT train_gpt cogview-demo "$DEMO_DIR/gpt.lmdb" "$GPT_ITERS" "$GPT_BATCH" "$GPT_POSITIONS" 8 256 8 "$GPT_LR"
 fi
 
 if want sr-data && [ ! -d "$DEMO_DIR/sr.lmdb" ]; then
   say "super-resolution rows ($SR_ROWS)"
   "$PYTHON" -m data_utils.make_demo_data sr --out "$DEMO_DIR/sr.lmdb" --num "$SR_ROWS" --seed "$SEED" \
-      --img-size "$IMG_SIZE" --vqvae "$VQVAE" --txt-tokenizer-path "$TOKENIZER.model"
+      --img-size "$SR_IMG_SIZE" --vqvae "$VQVAE" --txt-tokenizer-path "$TOKENIZER.model"
 fi
 
 if want sr; then
   say "super-resolution GPT ($SR_ITERS iterations of $SR_BATCH)"
   # rows are up to 352 tokens; positions restart at [ROI2] (the rule generation uses, and
   # the original's cogview-sr was finetuned with), so 264 positions cover both halves
-  train_gpt cogview-demo-sr "$DEMO_DIR/sr.lmdb" "$SR_ITERS" "$SR_BATCH" 264 6 192 6 1e-3 \
+  TRAIN_IMG_SIZE=$SR_IMG_SIZE train_gpt cogview-demo-sr "$DEMO_DIR/sr.lmdb" "$SR_ITERS" "$SR_BATCH" 264 6 192 6 1e-3 \
       --roi2-positions --max-position-embeddings-finetune 352
 fi
 

@@ -139,9 +139,10 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     with open(pre / "cogview" / "cogview-demo-sr" / "model_config.json") as f:
         sr_config = json.load(f)  # trained with positions restarting at [ROI2], as magnify feeds them
     assert (sr_config["max_position_embeddings"], sr_config["max_position_embeddings_finetune"]) == (264, 352)
+    assert sr_config["img_size"] == 128  # SR_IMG_SIZE: 128 -> 256 px, whatever the base model's size
     with open(pre / "cogview" / "cogview-demo" / "model_config.json") as f:
         config = json.load(f)
-    assert config["img_size"] == 128 and config["num_layers"] == 8
+    assert config["img_size"] == 64 and config["num_layers"] == 8 and config["max_position_embeddings"] == 96
     assert os.path.samefile(os.path.join(pre, "cogview", "cogview-demo", config["txt_tokenizer_path"]),
                             pre / "text_tokenizer" / "shapes.model")
     second = subprocess.run(["bash", script], env=dict(env, STEPS="tokenizer vqvae gpt-data sr-data"),
@@ -156,7 +157,7 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     from PIL import Image
     (img,) = (tmp_path / "samples").glob("*/0.jpg")
-    assert Image.open(img).size == (128, 128)
+    assert Image.open(img).size == (64, 64)
     # the exported super-resolution model runs magnify's 3x3 windows: 128 px -> 256 px
     from data_utils.shapes import render, sample_scenes
     render(sample_scenes(1, 5)[0], 128).save(tmp_path / "low.png")
