@@ -114,12 +114,18 @@ class Generator:
             print(f"line {query.line_number} sample {k}: {caption}", flush=True)
         print(f"line {query.line_number}: {len(seqs)} caption(s) in {time.time() - start:.1f}s", flush=True)
 
-    def low_level_super_resolution(self, query: Query) -> None:
-        text, path = query.fields
+    def low_level_sequences(self, text: str, path: str, batch_size: Optional[int] = None,
+                            desc: str = "") -> torch.Tensor:
+        """Samples of low-level super-resolution: the image read at half img_size, then
+        regenerated at img_size (the decoded images are each row's first and last)."""
         template = task_template("low-level super-resolution", self.grid)
         ids = self.parse(template.format(text, path), img_size=self.args.img_size // 2)
+        return self.sample(ids, batch_size=batch_size, desc=desc)
+
+    def low_level_super_resolution(self, query: Query) -> None:
+        text, path = query.fields
         start = time.time()
-        seqs = self.sample(ids, desc=f"line {query.line_number}")
+        seqs = self.low_level_sequences(text, path, desc=f"line {query.line_number}")
         images = [self.last_image(s) for s in seqs]
         _, decoded = self.tokenizer.DecodeIds(seqs[0].tolist())
         where = self.save(query, images, extra_first=[decoded[0].float().cpu()] if self.args.debug else [])

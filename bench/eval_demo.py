@@ -230,17 +230,15 @@ def evaluate_super_resolution(args, scenes: Dict[str, List[Scene]]) -> dict:
 def _low_level_psnr(sr: Demo, group: List[Scene], size: int) -> dict:
     """generate_samples.py's low-level super-resolution (size/2 px -> size px) vs bicubic."""
     import tempfile
-    from generation.queries import task_template
     ps, ps_bic, secs = [], [], 0.0
-    template = task_template("low-level super-resolution", sr.gen.grid)
     with tempfile.TemporaryDirectory() as tmp:
         for i, s in enumerate(group):
             low, high = render(s, size // 2), np.asarray(render(s, size))
             path = os.path.join(tmp, f"{i}.png")
             low.save(path)
             start = time.time()
-            ids = sr.gen.parse(template.format(caption(s, LANGUAGES[i % 2]), path), img_size=size // 2)
-            out = _to_uint8(sr.gen.last_image(sr.gen.sample(ids, batch_size=1)[0]))
+            seq = sr.gen.low_level_sequences(caption(s, LANGUAGES[i % 2]), path, batch_size=1)[0]
+            out = _to_uint8(sr.gen.last_image(seq))
             secs += time.time() - start
             ps.append(_psnr(out, high))
             ps_bic.append(_psnr(np.asarray(low.resize((size, size), Image.BICUBIC)), high))
