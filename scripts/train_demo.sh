@@ -3,14 +3,14 @@
 #   text tokenizer -> VQ-VAE -> CogView GPT (text2image + image2text) -> super-resolution GPT,
 # then export them to pretrained/ (what the generation scripts fall back to).
 #
-#   ./scripts/train_demo.sh                 # everything (about 2 h 15 min on 2 CPU cores)
+#   ./scripts/train_demo.sh                 # everything (about 2 h 50 min on 2 CPU cores)
 #   STEPS="gpt export" ./scripts/train_demo.sh
 #
 # Every step is resumable: run the script again after an interruption and finished steps
 # are skipped, training steps continue from their last checkpoint. Work files go to
 # DEMO_DIR (default data/demo); a GPU is used when there is one.
-# Sizes can be changed with the variables below (the shipped models used the defaults;
-# pretrained/README.md has the exact commands).
+# Sizes can be changed with the variables below (the shipped models used these sizes, the
+# GPT 11,000 iterations over resumed runs; pretrained/README.md has the exact commands).
 set -euo pipefail
 source "$(dirname "$(realpath "$0")")/training_common.sh"
 cd "$main_dir"
@@ -22,7 +22,7 @@ IMG_SIZE=${IMG_SIZE:-64}                 # base model: 64 px, 8x8 codes ([TINY])
 SR_IMG_SIZE=${SR_IMG_SIZE:-128}          # super-resolution model: SR_IMG_SIZE -> twice that
 VQ_ITERS=${VQ_ITERS:-3500}
 GPT_ROWS=${GPT_ROWS:-300000}
-GPT_ITERS=${GPT_ITERS:-5600}
+GPT_ITERS=${GPT_ITERS:-8000}
 GPT_BATCH=${GPT_BATCH:-32}
 GPT_LR=${GPT_LR:-1.5e-3}
 GPT_POSITIONS=${GPT_POSITIONS:-$(( (IMG_SIZE / 8) ** 2 + 32 ))}  # codes + captions (<= 15 pieces) + 4 marks
