@@ -74,6 +74,34 @@ def test_vqvae_lmdb_images_load_in_worker_processes(tmp_path):
     assert len(batches) == 2 and batches[0].shape == (4, 3, 32, 32)
 
 
+def test_vqvae_decoder_images_hold_whole_small_renders(tmp_path):
+    import io
+
+    import lmdb
+    import numpy as np
+    from PIL import Image
+
+    from data_utils import make_demo_data
+    from data_utils.shapes import render, sample_scenes
+    plain, whole = str(tmp_path / "plain.lmdb"), str(tmp_path / "whole.lmdb")
+    assert make_demo_data.write_vqvae_images(plain, 6, seed=3, img_size=128) == 6
+    assert make_demo_data.write_vqvae_images(whole, 6, seed=3, img_size=128, whole_size=64) == 6
+    scenes = sample_scenes(6, 3)
+
+    def images(path):
+        env = lmdb.open(path, readonly=True, lock=False)
+        with env.begin() as txn:
+            out = [np.asarray(Image.open(io.BytesIO(txn.get(str(i).encode())))) for i in range(6)]
+        env.close()
+        return out
+    a, b = images(plain), images(whole)
+    for i in (0, 3):  # 1 in 3 a whole 64 px render: small shapes at the base model's scale
+        assert np.array_equal(b[i], np.asarray(render(scenes[i], 64)))
+        assert not np.array_equal(a[i], b[i])
+    for i in (1, 2, 4, 5):  # the rest: the same crops as without whole_size
+        assert np.array_equal(a[i], b[i])
+
+
 def test_export_release(tmp_path, demo_tokenizer):
     from arch.checkpoint import load_checkpoint_state
     vq = make_vqvae(str(tmp_path))
@@ -128,7 +156,7 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     """scripts/train_demo.sh with tiny step counts: every stage runs, the exported models
     drive generate_samples.py, and a second run skips what is done."""
     env = dict(os.environ, DEMO_DIR=str(tmp_path / "demo"), PRETRAINED_DIR=str(tmp_path / "pre"),
-               VQ_ITERS="3", VQ_IMAGES="64", GPT_ROWS="48", GPT_ITERS="3", GPT_BATCH="4", SR_ROWS="24",
+               VQ_ITERS="3", VQ_IMAGES="64", VQ_DECODER_ITERS="2", VQ_DECODER_IMAGES="30", GPT_ROWS="48", GPT_ITERS="3", GPT_BATCH="4", SR_ROWS="24",
                SR_ITERS="2", SR_BATCH="4", CUDA_VISIBLE_DEVICES="", FORCE_CPU="1")
     script = os.path.join(ROOT, "scripts", "train_demo.sh")
     first = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=900)
@@ -136,6 +164,13 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     pre = tmp_path / "pre"
     for path in ("text_tokenizer/shapes.model", "vqvae/shapes_vqvae.pt", "cogview/cogview-demo/model_config.json"):
         assert (pre / path).is_file(), path
+    # the shipped VQ-VAE is the decoder-only stage's: same encoder and codebook, new decoder
+    import vqvae
+    shipped = vqvae.load_model(pre / "vqvae" / "shapes_vqvae.pt").state_dict()
+    stage1 = vqvae.load_model(tmp_path / "demo" / "checkpoints" / "vqvae").state_dict()
+    assert (tmp_path / "demo" / "checkpoints" / "vqvae-decoder" / "latest").read_text() == "2"
+    assert all(torch.equal(shipped[k], v) for k, v in stage1.items() if not k.startswith("dec."))
+    assert not all(torch.equal(shipped[k], v) for k, v in stage1.items() if k.startswith("dec."))
     with open(pre / "cogview" / "cogview-demo-sr" / "model_config.json") as f:
         sr_config = json.load(f)  # trained with positions restarting at [ROI2], as magnify feeds them
     assert (sr_config["max_position_embeddings"], sr_config["max_position_embeddings_finetune"]) == (264, 352)

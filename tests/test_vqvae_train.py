@@ -123,6 +123,35 @@ def test_resume_without_checkpoint_starts_fresh_and_keep_last(images, tmp_path):
     assert sorted(f for f in os.listdir(tmp_path / "c") if f.endswith(".pt")) == ["vqvae_12.pt"]
 
 
+def test_decoder_only_keeps_every_code_and_learns(images, tmp_path):
+    base = main(tiny(images, tmp_path / "base", 6, "--n-embed", "64"))["model"]
+    # model flags differ from the file's on purpose: --init's config wins
+    out = main(tiny(images, tmp_path / "dec", 12, "--init", str(tmp_path / "base"), "--decoder-only",
+                    "--n-embed", "16", "--dead-code-threshold", "100"))
+    tuned = out["model"]
+    assert tuned.config == base.config
+    before, after = base.state_dict(), tuned.state_dict()
+    for k, v in before.items():
+        if k.startswith("dec."):
+            continue
+        assert torch.equal(after[k], v), k  # encoder and codebook (EMA buffers too) untouched
+    assert any(not torch.equal(after[k], v) for k, v in before.items() if k.startswith("dec."))
+    recon = [row["recon"] for row in out["history"]]
+    assert np.mean(recon[-2:]) < np.mean(recon[:2])
+    assert all(row["restarted"] == 0 for row in out["history"])
+
+    # resuming must keep the mode; a mismatch and a missing --init are clear errors
+    resumed = main(tiny(images, tmp_path / "dec", 14, "--resume", "--decoder-only"))
+    assert resumed["iteration"] == 14
+    assert torch.equal(resumed["model"].quantize_t.embed, base.quantize_t.embed)
+    with pytest.raises(SystemExit, match="with --decoder-only; resume it the same way"):
+        main(tiny(images, tmp_path / "dec", 16, "--resume"))
+    with pytest.raises(SystemExit, match="--init"):
+        main(tiny(images, tmp_path / "none", 2, "--decoder-only"))
+    with pytest.raises(SystemExit, match="no such file"):
+        main(tiny(images, tmp_path / "bad", 2, "--init", str(tmp_path / "missing.pt")))
+
+
 def test_lmdb_dataset_and_dead_code_restart(images, tmp_path):
     lmdb_path = tmp_path / "images.lmdb"
     assert write_image_lmdb(list_images(str(images)), str(lmdb_path)) == N_IMAGES

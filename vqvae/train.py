@@ -6,6 +6,8 @@
 Loss = MSE(reconstruction, input) + latent_loss_weight * diff (commitment); the codebook follows
 an EMA of its assigned encoder outputs (statistics all-reduced across ranks) and codes whose EMA
 count falls below --dead-code-threshold are restarted from random encoder outputs of the batch.
+With --decoder-only (after --init) the encoder and codebook are frozen: images keep their codes
+and only the decoder learns to draw them, e.g. sharper, without retraining the GPTs over the codes.
 Checkpoints: DIR/vqvae_<iter>.pt (+ DIR/latest naming the newest, written last), loadable with
 ``vqvae.load_model`` and ``torch.load(..., weights_only=True)``.
 """
@@ -30,7 +32,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vqvae.api import TRACKER
+from vqvae.api import TRACKER, load_model
 from vqvae.data import InfiniteSampler, make_dataset
 from vqvae.image_io import denormalize, save_image
 from vqvae.vqvae_zc import VQVAE
@@ -76,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log loss, PSNR, code usage and perplexity every N iterations")
     g.add_argument("--keep-last", type=int, default=0, help="keep only the newest N checkpoints (0: all)")
     g.add_argument("--resume", action="store_true", help="continue from DIR/latest when it exists")
+    g = p.add_argument_group("fine-tuning")
+    g.add_argument("--init", metavar="CKPT",
+                   help="start from these weights (a VQ-VAE release or training file; its config "
+                        "replaces the model flags) when there is nothing to resume")
+    g.add_argument("--decoder-only", action="store_true",
+                   help="train the decoder alone: encoder and codebook stay frozen, so every image "
+                        "keeps its codes and models trained on them stay valid (use with --init)")
     return p
 
 
@@ -223,23 +232,42 @@ def save_reconstructions(path: str, x: torch.Tensor, dec: torch.Tensor, n: int =
 # ----------------------------------------------------------------------------- training
 
 
+def trainable_parameters(model: VQVAE, decoder_only: bool) -> list[torch.nn.Parameter]:
+    """What the optimiser updates: everything, or (``decoder_only``) the decoder alone, with
+    the encoder's gradients switched off (the codebook has none: it follows an EMA)."""
+    if not decoder_only:
+        return list(model.parameters())
+    model.enc_b.requires_grad_(False)
+    return list(model.dec.parameters())
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run training; returns {'model', 'iteration', 'history'} (history: one dict per logged step)."""
     rank, world, device = setup_distributed(args.device)
     seed_everything(args.seed + rank)
     model = VQVAE(**model_config(args)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     iteration = 0
     latest = read_latest(args.save) if args.resume else None
     state = None
     if latest is not None:
         state = load_training_state(args.save, latest, device)
+        saved_mode = bool(state.get("args", {}).get("decoder_only", False))
+        if saved_mode != args.decoder_only:
+            raise ValueError(f"{checkpoint_path(args.save, latest)} was trained "
+                             f"{'with' if saved_mode else 'without'} --decoder-only; resume it the same way")
         if state["config"] != model.config:
             if rank == 0:
                 print(f"resuming with the checkpoint's model config {state['config']}")
             model = VQVAE(**state["config"]).to(device)
-            optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         model.load_state_dict(state["model"])
+    elif args.init:
+        model = load_model(args.init, device=device).train()
+        if rank == 0:
+            print(f"starting from {args.init} (config {model.config})")
+    if args.decoder_only and state is None and not args.init:
+        raise ValueError(f"--decoder-only: nothing to resume in {args.save} and no --init given")
+    optimizer = torch.optim.Adam(trainable_parameters(model, args.decoder_only), lr=args.lr)
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:  # --lr may change between runs
             group["lr"] = args.lr
@@ -268,6 +296,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     counts = torch.zeros(model.quantize_t.n_embed, device=device)
     restarted = steps = 0
     model.train()
+    if args.decoder_only:  # frozen codebook: no EMA updates, no restarts
+        model.quantize_t.eval()
     bar = tqdm(total=args.iters, initial=iteration, disable=rank != 0, dynamic_ncols=True,
                desc="vqvae")
     start = time.time()
@@ -280,7 +310,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if args.dead_code_threshold > 0:
+        if args.dead_code_threshold > 0 and not args.decoder_only:
             restarted += model.quantize_t.restart_dead_codes(latents, args.dead_code_threshold)
         iteration += 1
         steps += 1
@@ -319,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1 or args.iters < 0 or args.save_interval < 1 or args.log_interval < 1:
         raise SystemExit("--batch-size, --save-interval and --log-interval must be >= 1, --iters >= 0")
+    if args.decoder_only and not (args.init or args.resume):
+        raise SystemExit("error: --decoder-only trains the decoder of an existing VQ-VAE: "
+                         "pass --init CKPT (or --resume a decoder-only run)")
     os.makedirs(args.save, exist_ok=True)
     try:
         return train(args)
