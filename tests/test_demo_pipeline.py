@@ -156,7 +156,8 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     """scripts/train_demo.sh with tiny step counts: every stage runs, the exported models
     drive generate_samples.py, and a second run skips what is done."""
     env = dict(os.environ, DEMO_DIR=str(tmp_path / "demo"), PRETRAINED_DIR=str(tmp_path / "pre"),
-               VQ_ITERS="3", VQ_IMAGES="64", VQ_DECODER_ITERS="2", VQ_DECODER_IMAGES="30", GPT_ROWS="48", GPT_ITERS="3", GPT_BATCH="4", SR_ROWS="24",
+               VQ_ITERS="3", VQ_IMAGES="64", VQ_DECODER_ITERS="2", VQ_DECODER_IMAGES="30",
+               GPT_ROWS="48", GPT_ITERS="3", GPT_BATCH="4", SR_ROWS="24",
                SR_ITERS="2", SR_BATCH="4", CUDA_VISIBLE_DEVICES="", FORCE_CPU="1")
     script = os.path.join(ROOT, "scripts", "train_demo.sh")
     first = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=900)

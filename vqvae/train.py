@@ -265,7 +265,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if rank == 0:
             print(f"starting from {args.init} (config {model.config})")
     if args.decoder_only and state is None and not args.init:
-        raise ValueError(f"--decoder-only: nothing to resume in {args.save} and no --init given")
+        raise ValueError(f"--decoder-only trains the decoder of an existing VQ-VAE: nothing to resume "
+                         f"in {args.save}; pass --init CKPT")
     optimizer = torch.optim.Adam(trainable_parameters(model, args.decoder_only), lr=args.lr)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -349,9 +350,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1 or args.iters < 0 or args.save_interval < 1 or args.log_interval < 1:
         raise SystemExit("--batch-size, --save-interval and --log-interval must be >= 1, --iters >= 0")
-    if args.decoder_only and not (args.init or args.resume):
-        raise SystemExit("error: --decoder-only trains the decoder of an existing VQ-VAE: "
-                         "pass --init CKPT (or --resume a decoder-only run)")
     os.makedirs(args.save, exist_ok=True)
     try:
         return train(args)
