@@ -44,6 +44,9 @@ RELATIONS: Dict[str, Tuple[Tuple[float, float], Tuple[float, float]]] = {
     "above": ((0.50, 0.27), (0.50, 0.73)), "below": ((0.50, 0.73), (0.50, 0.27)),
     "to the left of": ((0.27, 0.50), (0.73, 0.50)),
     "to the right of": ((0.73, 0.50), (0.27, 0.50))}
+# "a red star above a blue circle" and "a blue circle below a red star" are the same picture
+INVERSE_RELATIONS = {"above": "below", "below": "above",
+                     "to the left of": "to the right of", "to the right of": "to the left of"}
 PAIR_DIAMETER = 0.36
 
 ZH_BACKGROUNDS = {"white": "白色", "black": "黑色", "gray": "灰色"}
@@ -89,6 +92,14 @@ class Scene:
     @property
     def held_out(self) -> bool:
         return any((o.colour, o.shape) in HELD_OUT_PAIRS for o in self.objects)
+
+    def mirrored(self) -> "Scene":
+        """The same picture described from the other object (two-object scenes; a
+        one-object scene is returned as it is)."""
+        if self.second is None:
+            return self
+        return Scene(self.background, self.second, relation=INVERSE_RELATIONS[self.relation],
+                     second=self.first)
 
     def layout(self) -> List[Tuple[Obj, float, float, float]]:
         """(object, centre x, centre y, diameter) as fractions of the image side."""

@@ -124,7 +124,9 @@ def test_eval_script_runs_and_reports_every_measure(tmp_path):
                              *sr, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     numbers = json.loads(out.read_text())
-    for key in ("vqvae_ceiling", "text2image", "image2text", "post_selection", "text2image_seconds_per_image"):
+    for key in ("vqvae_ceiling", "text2image", "image2text", "image2text_sampled", "post_selection",
+                "text2image_seconds_per_image"):
         assert key in numbers
     assert 0 <= numbers["text2image"]["one"]["colour"] <= 100
     assert "| text2image one object: shape | >= 80% |" in result.stdout
+    assert "| image2text: every attribute, one object, the most likely caption (top-k 1) | >= 90% |" in result.stdout

@@ -235,3 +235,11 @@ def test_eval_caption_flags_score_each_attribute():
     assert eval_demo.caption_flags(pair, swapped) == {"parsed": True, "all": False, "background": True,
                                                       "colours": True, "shapes": True, "relation": False}
     assert not eval_demo.caption_flags(pair, truth)["colours"]
+    # the same picture described from the other object is right in every attribute
+    other_way = parse_caption("a blue circle below a red star on a black background")
+    assert other_way == pair.mirrored() and other_way.mirrored() == pair
+    assert all(eval_demo.caption_flags(pair, other_way).values())
+    wrong_shape = parse_caption("a blue square below a red star on a black background")
+    assert eval_demo.caption_flags(pair, wrong_shape) == {"parsed": True, "all": False, "background": True,
+                                                          "colours": True, "shapes": False, "relation": True}
+    assert truth.mirrored() == truth
