@@ -60,13 +60,16 @@ class Generator:
             check_positions(ids, self.tokenizer["[ROI2]"], self.max_positions)
         return ids
 
-    def sample(self, ids: List[int], batch_size: Optional[int] = None, desc: str = "") -> torch.Tensor:
+    def sample(self, ids: List[int], batch_size: Optional[int] = None, desc: str = "",
+               config: Optional[SamplingConfig] = None) -> torch.Tensor:
+        """``batch_size`` samples of ``ids`` (-1 = to generate); ``config`` overrides the flags'
+        temperature / top-k / top-p."""
         n = batch_size or self.args.batch_size
         bar = tqdm(total=count_to_generate(ids) * n, desc=desc or "tokens", unit="tok", leave=False,
                    mininterval=1.0, file=sys.stderr)
         try:
             return generate_in_chunks(self.model, ids, n, self.args.max_inference_batch_size, self.layout,
-                                      config=self.config, device=self.device, sampler=self.args.sampler,
+                                      config=config or self.config, device=self.device, sampler=self.args.sampler,
                                       generator=self.generator, on_token=bar.update)
         finally:
             bar.close()

@@ -134,13 +134,8 @@ class Demo:
         t = self.tok
         size = t.command_tokens[size_token(self.gen.grid)]
         ids = [size, t["[BOI1]"], *codes, t["[EOI1]"], t["[ROI1]"]] + [-1] * CAPTION_LENGTH
-        saved = self.gen.config
-        if top_k is not None:
-            self.gen.config = SamplingConfig(saved.temperature, top_k, 0.0)
-        try:
-            seq = self.gen.sample(ids, batch_size=1)[0]
-        finally:
-            self.gen.config = saved
+        config = None if top_k is None else SamplingConfig(self.gen.config.temperature, top_k, 0.0)
+        seq = self.gen.sample(ids, batch_size=1, config=config)[0]
         texts, _ = t.DecodeIds(seq[len(ids) - CAPTION_LENGTH:].tolist())
         return first_sentence(" ".join(x for x in texts if not x.startswith("[")))
 
