@@ -10,7 +10,7 @@
 # are skipped, training steps continue from their last checkpoint. Work files go to
 # DEMO_DIR (default data/demo); a GPU is used when there is one.
 # Sizes can be changed with the variables below (the shipped models used these sizes; the
-# GPT ran 11,000 iterations and the super-resolution GPT 5,000 over resumed runs, beyond
+# GPT ran 11,000 iterations and the super-resolution GPT 10,500 over resumed runs, beyond
 # the 3-hour defaults; pretrained/README.md has the exact commands).
 set -euo pipefail
 source "$(dirname "$(realpath "$0")")/training_common.sh"
@@ -78,6 +78,9 @@ if want vqvae && [ ! -f "$VQVAE" ]; then
       "$CKPT/vqvae-decoder/vqvae_$(cat "$CKPT/vqvae-decoder/latest").pt" "$VQVAE"
 fi
 
+# kept() says when a data step finds its rows already built (they are not rebuilt with new sizes)
+kept() { say "keeping $1 (delete it to rebuild it with $2)"; }
+if want gpt-data && [ -d "$DEMO_DIR/gpt.lmdb" ]; then kept "$DEMO_DIR/gpt.lmdb" "GPT_ROWS=$GPT_ROWS"; fi
 if want gpt-data && [ ! -d "$DEMO_DIR/gpt.lmdb" ]; then
   say "GPT rows ($GPT_ROWS, text->image and image->text, English and Chinese)"
   "$PYTHON" -m data_utils.make_demo_data gpt --out "$DEMO_DIR/gpt.lmdb" --num "$GPT_ROWS" --seed "$SEED" \
@@ -114,6 +117,7 @@ if want gpt; then
   INIT=$GPT_INIT train_gpt cogview-demo "$DEMO_DIR/gpt.lmdb" "$GPT_ITERS" "$GPT_BATCH" "$GPT_POSITIONS" 8 256 8 "$GPT_LR"
 fi
 
+if want sr-data && [ -d "$DEMO_DIR/sr.lmdb" ]; then kept "$DEMO_DIR/sr.lmdb" "SR_ROWS=$SR_ROWS"; fi
 if want sr-data && [ ! -d "$DEMO_DIR/sr.lmdb" ]; then
   say "super-resolution rows ($SR_ROWS)"
   "$PYTHON" -m data_utils.make_demo_data sr --out "$DEMO_DIR/sr.lmdb" --num "$SR_ROWS" --seed "$SEED" \

@@ -183,7 +183,14 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
                             pre / "text_tokenizer" / "shapes.model")
     second = subprocess.run(["bash", script], env=dict(env, STEPS="tokenizer vqvae gpt-data sr-data"),
                             capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0 and "== train_demo:" not in second.stderr.replace("== train_demo: done", "")
+    assert second.returncode == 0, second.stderr[-2000:]
+    said = [line for line in second.stderr.splitlines()
+            if line.startswith("== train_demo:") and not line.startswith("== train_demo: done")]
+    # nothing is rebuilt; the data steps say which rows they kept and how to rebuild them
+    assert [line.split(" (")[0] for line in said] == [
+        f"== train_demo: keeping {tmp_path / 'demo' / 'gpt.lmdb'}",
+        f"== train_demo: keeping {tmp_path / 'demo' / 'sr.lmdb'}"], said
+    assert "SR_ROWS=24" in said[1]
     prompts = tmp_path / "p.txt"
     prompts.write_text("a small red circle in the top left corner on a white background\n")
     out = subprocess.run([sys.executable, os.path.join(ROOT, "generate_samples.py"), "--load",
