@@ -22,6 +22,7 @@ Numbers go to stdout as JSON and, with --write-results, to bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -130,11 +131,10 @@ class Demo:
         """One caption; ``top_k`` overrides the sampler's (1: the most likely caption)."""
         from generation.outputs import first_sentence
         from generation.queries import CAPTION_LENGTH
-        from generation.sampling import SamplingConfig
         t = self.tok
         size = t.command_tokens[size_token(self.gen.grid)]
         ids = [size, t["[BOI1]"], *codes, t["[EOI1]"], t["[ROI1]"]] + [-1] * CAPTION_LENGTH
-        config = None if top_k is None else SamplingConfig(self.gen.config.temperature, top_k, 0.0)
+        config = None if top_k is None else dataclasses.replace(self.gen.config, top_k=top_k)
         seq = self.gen.sample(ids, batch_size=1, config=config)[0]
         texts, _ = t.DecodeIds(seq[len(ids) - CAPTION_LENGTH:].tolist())
         return first_sentence(" ".join(x for x in texts if not x.startswith("[")))
@@ -205,7 +205,7 @@ def evaluate(args) -> dict:
     results["post_selection"] = {"prompts": len(best), "best_of_8_all_right": round(100 * np.mean(best), 1),
                                  "random_pick_all_right": round(100 * np.mean(rand), 1)}
 
-    if args.sr_model:
+    if args.sr_model and args.sr_images > 0:  # --sr-images 0 skips super-resolution
         results["super_resolution"] = evaluate_super_resolution(args, scenes)
     return results
 
@@ -346,7 +346,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=os.path.join(ROOT, "pretrained/cogview/cogview-demo"))
     p.add_argument("--sr-model", default=os.path.join(ROOT, "pretrained/cogview/cogview-demo-sr"))
     p.add_argument("--prompts", type=int, default=100, help="held-out prompts per kind (one/two objects)")
-    p.add_argument("--sr-images", type=int, default=20)
+    p.add_argument("--sr-images", type=int, default=20, help="held-out images for the super-resolution PSNR (0 skips it)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top_k", type=int, default=20)
     p.add_argument("--caption-top-k", type=int, default=1,
