@@ -71,6 +71,11 @@ def add_model_config_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-position-embeddings-finetune", type=int, default=-1,
                        help="longer sample length for finetuning; the position table "
                             "is not enlarged, positions restart at [ROI2]")
+    group.add_argument("--sr-text-length", type=int, default=0,
+                       help="(new) super-resolution models: the caption is padded with [PAD] to this "
+                            "many tokens in training rows and in queries, so the low-resolution codes "
+                            "sit at fixed positions (stored in model_config.json); 0 = not padded, "
+                            "as the original")
     # new: our model switches
     group.add_argument("--pb-relax-attention", action="store_true",
                        help="(new) compute attention scores as in the paper's PB-relax "

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from arch import CheckpointError
 from arguments import get_args
 from generation import SamplingConfig, TokenLayout, generate_in_chunks, inverse_prompt_score, magnify
-from generation.magnify import sr_middle_tokens, sr_window
+from generation.magnify import pad_query_text, sr_middle_tokens, sr_window
 from generation.model_setup import apply_checkpoint_config, load_generation_model
 from generation.outputs import first_sentence, save_debug_grid, save_samples, to_side
 from generation.queries import (Query, QueryError, check_command_tokens, check_positions, parse_region,
@@ -122,8 +122,14 @@ class Generator:
         """Samples of low-level super-resolution: the image read at half img_size, then
         regenerated at img_size (the decoded images are each row's first and last)."""
         template = task_template("low-level super-resolution", self.grid)
-        ids = self.parse(template.format(text, path), img_size=self.args.img_size // 2)
+        ids = self.sr_text(self.parse(template.format(text, path), img_size=self.args.img_size // 2, check=False))
+        check_positions(ids, self.tokenizer["[ROI2]"], self.max_positions)
         return self.sample(ids, batch_size=batch_size, desc=desc)
+
+    def sr_text(self, ids: List[int]) -> List[int]:
+        """A super-resolution query with its caption padded as the model was trained
+        (model_config.json's sr_text_length; unchanged for the original's models)."""
+        return pad_query_text(ids, self.tokenizer.command_tokens, getattr(self.args, "sr_text_length", 0) or 0)
 
     def low_level_super_resolution(self, query: Query) -> None:
         text, path = query.fields
@@ -137,7 +143,7 @@ class Generator:
     def super_resolution(self, query: Query) -> None:
         text, path = query.fields
         # the model never sees the whole low-res image, only magnify's window sequences
-        ids = self.parse(task_template("super-resolution", self.grid).format(text, path), check=False)
+        ids = self.sr_text(self.parse(task_template("super-resolution", self.grid).format(text, path), check=False))
         boi = ids.index(self.tokenizer["[BOI1]"])
         prefix, low = ids[:boi + 1], torch.tensor(ids[boi + 1:])
         window, stride = sr_window(self.grid)

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip captions longer than this many tokens (0: no limit)")
     g.add_argument("--sr-windows-per-image", type=int, default=0,
                    help="super-resolution: rows per image, windows drawn at random (0: every window)")
+    g.add_argument("--sr-text-length", type=int, default=0,
+                   help="super-resolution: pad captions with [PAD] to this many tokens, the model's "
+                        "--sr-text-length (longer captions are skipped; 0: not padded, as the original)")
     g.add_argument("--seed", type=int, default=1234, help="seed of the super-resolution window draw")
     g = p.add_argument_group("speed")
     g.add_argument("--num-workers", type=int, default=default_workers(),
@@ -80,6 +83,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         captions_format=args.captions_format, task=args.task, output_format=args.output_format,
         txt_tokenizer_path=args.txt_tokenizer_path, img_size=args.img_size, min_size=args.min_size,
         max_text_tokens=args.max_text_tokens, sr_windows_per_image=args.sr_windows_per_image,
+        sr_text_length=args.sr_text_length,
         num_workers=args.num_workers, batch_size=args.batch_size, commit_every=args.commit_every,
         device=args.device, seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)
 

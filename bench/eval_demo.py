@@ -225,7 +225,8 @@ def evaluate_super_resolution(args, scenes: Dict[str, List[Scene]]) -> dict:
     for i, s in enumerate(group):
         low_img, high = render(s, size), np.asarray(render(s, 2 * size))
         low = torch.tensor(sr.encode(low_img))
-        prefix = [t["[ROI1]"], *t(caption(s, LANGUAGES[i % 2])), t[size_token(sr.gen.grid)], t["[BOI1]"]]
+        prefix = sr.gen.sr_text([t["[ROI1]"], *t(caption(s, LANGUAGES[i % 2])), t[size_token(sr.gen.grid)],
+                                 t["[BOI1]"]])
         start = time.time()
         window, stride = sr_window(sr.gen.grid)  # as generate_samples.py's super-resolution
         hi = magnify(low, prefix, lambda seq: sr.gen.sample(seq, batch_size=1), t.command_tokens,

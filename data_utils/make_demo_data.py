@@ -188,13 +188,15 @@ def write_gpt_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
 
 
 def write_sr_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
-                  txt_tokenizer_path: str, device: str, windows_per_scene: int = 3) -> int:
+                  txt_tokenizer_path: str, device: str, windows_per_scene: int = 3,
+                  text_length: int = 0) -> int:
     """Super-resolution rows (preprocess.rows.sr_row: what generation.magnify feeds the model):
     ``windows_per_scene`` different random windows of each scene encoded at img_size, each with
     its block of the scene encoded at twice the size (encoding at twice the size is the
     expensive part, so scenes are reused). With 16x16 codes a window is 8x8 -> 16x16, which
     is also the low-level super-resolution query at img_size (a half-size image, 8x8 codes,
-    to a 16x16 image), so one model serves both scripts."""
+    to a 16x16 image), so one model serves both scripts. ``text_length`` pads every caption
+    to that many tokens (the model's --sr-text-length)."""
     from data_utils.row_format import encode_row
     from preprocess.rows import sr_layout, sr_positions, sr_row
     tok = _tokenizer(vqvae, txt_tokenizer_path)
@@ -210,7 +212,7 @@ def write_sr_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
         for i, scene in enumerate(tqdm(scenes, desc="writing rows", mininterval=5)):
             for position in rng.sample(positions, min(windows_per_scene, len(positions))):
                 text_ids = tok(caption(scene, rng.choice(LANGUAGES)))
-                yield encode_row(sr_row(tok, text_ids, low[i], high[i], position, layout))
+                yield encode_row(sr_row(tok, text_ids, low[i], high[i], position, layout, text_length))
 
     return write_lmdb(out, itertools.islice(rows(), num))
 
@@ -272,6 +274,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--captions", help="caption file (tokenizer)")
     p.add_argument("--image2text-fraction", type=float, default=0.35, help="share of caption rows (gpt)")
     p.add_argument("--vocab-size", type=int, default=320, help="tokenizer pieces (tokenizer)")
+    p.add_argument("--sr-text-length", type=int, default=0,
+                   help="pad super-resolution captions to this many tokens (sr; the model's --sr-text-length)")
     p.add_argument("--per-kind", type=int, default=100, help="held-out prompts per kind")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)
@@ -287,7 +291,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         n = write_gpt_lmdb(a.out, a.num, a.seed, a.img_size, a.vqvae, a.txt_tokenizer_path, a.device,
                            a.image2text_fraction)
     elif a.step == "sr":
-        n = write_sr_lmdb(a.out, a.num, a.seed, a.img_size, a.vqvae, a.txt_tokenizer_path, a.device)
+        n = write_sr_lmdb(a.out, a.num, a.seed, a.img_size, a.vqvae, a.txt_tokenizer_path, a.device,
+                          text_length=a.sr_text_length)
     elif a.step == "examples":
         n = write_examples(a.out, a.img_size)
     else:

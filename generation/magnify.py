@@ -5,7 +5,8 @@ window: each window sees the text prefix and a ``window`` x ``window`` block of
 low-resolution codes and fills a 2*window-wide block of high-resolution codes,
 keeping the cells earlier windows produced.  For s = 32 (the released model)
 this is exactly the original's nine windows, order and row counts; ``sr_window``
-gives the window for other grids.
+gives the window for other grids. A model trained with ``--sr-text-length`` expects
+its caption padded to that length (``pad_query_text``, the same padding as the rows).
 """
 from __future__ import annotations
 
@@ -33,6 +34,31 @@ def sr_middle_tokens(window: int = 16) -> List[str]:
     original's 16 -> 32 windows, [SMALL] for 8 -> 16; training rows use the same.
     """
     return ["[EOI1]", "[ROI2]", "[POS0]", SIZE_TOKENS[2 * window], "[BOI2]"]
+
+
+def padded_text(text_ids: Sequence[int], text_length: int, pad_id: int) -> List[int]:
+    """``text_ids`` followed by [PAD] up to ``text_length`` ids (0: unchanged).
+
+    Why: a super-resolution window has to find the low-res code each high-res code
+    magnifies; with a fixed-length caption that code sits at a fixed position.
+    """
+    ids = list(text_ids)
+    if text_length <= 0:
+        return ids
+    if len(ids) > text_length:
+        raise ValueError(f"the caption is {len(ids)} tokens; this super-resolution model takes at most "
+                         f"{text_length} (--sr-text-length): shorten the caption")
+    return ids + [pad_id] * (text_length - len(ids))
+
+
+def pad_query_text(ids: Sequence[int], tokens: dict, text_length: int) -> List[int]:
+    """A ``[ROI1] text [size] [BOI1] ...`` query with its text padded as the model's
+    training rows were (``padded_text``; ``tokens`` maps command names to ids)."""
+    ids = list(ids)
+    if text_length <= 0:
+        return ids
+    roi1, boi = ids.index(tokens["[ROI1]"]), ids.index(tokens["[BOI1]"])
+    return ids[:roi1 + 1] + padded_text(ids[roi1 + 1:boi - 1], text_length, tokens["[PAD]"]) + ids[boi - 1:]
 
 
 def magnify_windows(grid: int, window: int = 16, stride: int = 8) -> List[Window]:

@@ -18,7 +18,8 @@ from arch.checkpoint import load_model_weights
 MODEL_CONFIG_FILENAME = "model_config.json"
 CONFIG_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings",
                "max_position_embeddings_finetune", "make_vocab_size_divisible_by", "img_size",
-               "img_tokenizer_path", "txt_tokenizer_path", "query_window", "key_window_times", "num_pivot")
+               "img_tokenizer_path", "txt_tokenizer_path", "query_window", "key_window_times", "num_pivot",
+               "sr_text_length")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

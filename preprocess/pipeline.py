@@ -56,6 +56,7 @@ class PreprocessConfig:
     min_size: Optional[int] = None           # default: img_size // 4
     max_text_tokens: int = 0                 # 0: no limit
     sr_windows_per_image: int = 0            # 0: every window
+    sr_text_length: int = 0                  # super-resolution captions padded to this (0: not padded)
     num_workers: int = 2
     batch_size: int = 32
     commit_every: int = 1000
@@ -109,7 +110,7 @@ def _check_options(cfg: PreprocessConfig) -> None:
     for name in ("img_size", "batch_size", "commit_every"):
         if getattr(cfg, name) <= 0:
             raise SetupError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
-    for name in ("num_workers", "max_text_tokens", "sr_windows_per_image"):
+    for name in ("num_workers", "max_text_tokens", "sr_windows_per_image", "sr_text_length"):
         if getattr(cfg, name) < 0:
             raise SetupError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     if not os.path.isfile(cfg.captions):
@@ -160,6 +161,8 @@ def _setup(cfg: PreprocessConfig) -> _Setup:
                     txt_tokenizer=_sha1_file(sp.path) if sp and cfg.output_format == "Tokenized" else None)
     if sr:
         settings.update(sr_windows_per_image=cfg.sr_windows_per_image, seed=cfg.seed)
+        if cfg.sr_text_length:  # recorded only when set, so earlier unpadded runs still resume
+            settings.update(sr_text_length=cfg.sr_text_length)
     sizes = (cfg.img_size, 2 * cfg.img_size) if sr else (cfg.img_size,)
     min_size = cfg.min_size if cfg.min_size is not None else max(1, cfg.img_size // 4)
     return _Setup(model, tok, grid, sizes, min_size, settings)
@@ -231,7 +234,8 @@ class _Writer:
         for k, (record, _, text_ids) in enumerate(batch):
             if self.layout is not None:
                 for i, j in self.windows(record):
-                    row = sr_row(self.setup.tok, text_ids, codes[0][k], codes[1][k], (i, j), self.layout)
+                    row = sr_row(self.setup.tok, text_ids, codes[0][k], codes[1][k], (i, j), self.layout,
+                                 self.cfg.sr_text_length)
                     self.journal.add_row(self.writer.append(row), f"{record.key}#{i},{j}")
                     n += 1
                 continue
@@ -255,8 +259,8 @@ class _Writer:
         self.writer.set_length(self.committed)
 
 
-def _text_ids(tok: Optional[UnifiedTokenizer], record: Record,
-              max_tokens: int) -> Tuple[Optional[np.ndarray], Optional[str]]:
+def _text_ids(tok: Optional[UnifiedTokenizer], record: Record, max_tokens: int,
+              sr_text_length: int = 0) -> Tuple[Optional[np.ndarray], Optional[str]]:
     if tok is None:
         return None, None
     ids = tok.EncodeAsIds(record.caption)
@@ -264,6 +268,8 @@ def _text_ids(tok: Optional[UnifiedTokenizer], record: Record,
         return None, "caption has no text tokens"
     if max_tokens and len(ids) > max_tokens:
         return None, f"caption too long ({len(ids)} tokens > --max-text-tokens {max_tokens})"
+    if sr_text_length and len(ids) > sr_text_length:
+        return None, f"caption too long ({len(ids)} tokens > --sr-text-length {sr_text_length})"
     return np.asarray(ids, dtype=np.int32), None  # compact: held for every pending input
 
 
@@ -325,7 +331,8 @@ def run(cfg: PreprocessConfig) -> RunSummary:
             if r.key in done:
                 summary.already_done += 1
                 continue
-            ids, problem = _text_ids(setup.tok, r, cfg.max_text_tokens)
+            ids, problem = _text_ids(setup.tok, r, cfg.max_text_tokens,
+                                     cfg.sr_text_length if cfg.task == "super-resolution" else 0)
             if problem:
                 skip(r.line, r.path, problem)
             else:

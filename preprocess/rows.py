@@ -6,7 +6,7 @@ text2image rows are TextCodeDataset rows ``(caption, codes)`` or TokenizedDatase
 Super-resolution rows are built to be exactly what generation.magnify feeds the model
 for one window (so a model trained on them can run magnify):
 
-    [ROI1] text [size(g)] [BOI1] <w x w low-res codes> [EOI1] [ROI2] [POS0] [size(2w)] [BOI2]
+    [ROI1] text [PAD]* [size(g)] [BOI1] <w x w low-res codes> [EOI1] [ROI2] [POS0] [size(2w)] [BOI2]
     <2w x 2w high-res codes> [EOI2]
 
 g is the low-res grid (--img-size / VQ-VAE factor), w = min(16, g/2) the window and
@@ -14,7 +14,9 @@ stride w/2 (generation.magnify.sr_window), as generate_samples.py calls magnify.
 (i*stride, j*stride) of the image encoded at --img-size; the high-res block is the
 matching 2w x 2w block at (2i*stride, 2j*stride) of the same image encoded at twice
 --img-size. The middle tokens come from generation.magnify.sr_middle_tokens, so the rows
-always match what magnify feeds the model.
+always match what magnify feeds the model. With ``text_length`` > 0 (the model flag
+--sr-text-length) the caption is padded with [PAD] to that many tokens, so the low-res codes
+sit at the same positions whatever the caption's length (new; the original does not pad).
 (The original's rows put the whole 32x32 overview and a [POSk] crop index in front of
 the crop, which magnify never feeds a model; see the README section.)
 """
@@ -27,7 +29,7 @@ import numpy as np
 
 from data_utils.templates import TextCodeTemplate
 from data_utils.unified_tokenizer import SIZE_TOKENS, UnifiedTokenizer
-from generation.magnify import sr_middle_tokens, sr_window
+from generation.magnify import padded_text, sr_middle_tokens, sr_window
 
 def code_dtype(num_image_tokens: int) -> np.dtype:
     """The smallest signed dtype holding every code (halves TextCode rows for 8192 codes)."""
@@ -74,10 +76,11 @@ def sr_positions(layout: SRLayout) -> List[Tuple[int, int]]:
 
 
 def sr_row(tok: UnifiedTokenizer, text_ids: Sequence[int], low: np.ndarray, high: np.ndarray,
-           position: Tuple[int, int], layout: SRLayout) -> np.ndarray:
+           position: Tuple[int, int], layout: SRLayout, text_length: int = 0) -> np.ndarray:
     """One super-resolution training row (layout in the module docstring).
 
-    ``low`` holds g*g codes, ``high`` (2g)*(2g) codes, both row-major.
+    ``low`` holds g*g codes, ``high`` (2g)*(2g) codes, both row-major; ``text_length``
+    pads the caption (``padded_text``).
     """
     g, w, s = layout.grid, layout.window, layout.stride
     i, j = position
@@ -85,7 +88,7 @@ def sr_row(tok: UnifiedTokenizer, text_ids: Sequence[int], low: np.ndarray, high
     high_grid = np.asarray(high).reshape(2 * g, 2 * g)
     low_block = low_grid[i * s:i * s + w, j * s:j * s + w].reshape(-1)
     high_block = high_grid[2 * i * s:2 * i * s + 2 * w, 2 * j * s:2 * j * s + 2 * w].reshape(-1)
-    head = [tok["[ROI1]"], *text_ids, tok[SIZE_TOKENS[g]], tok["[BOI1]"]]
+    head = [tok["[ROI1]"], *padded_text(text_ids, text_length, tok["[PAD]"]), tok[SIZE_TOKENS[g]], tok["[BOI1]"]]
     middle = [tok[name] for name in sr_middle_tokens(w)]
     return np.concatenate([np.asarray(head, dtype=np.int64), low_block.astype(np.int64),
                            np.asarray(middle, dtype=np.int64), high_block.astype(np.int64),

@@ -31,6 +31,7 @@ GPT_INIT=${GPT_INIT:-}                  # start the GPT from these weights (a re
 SR_ROWS=${SR_ROWS:-24000}
 SR_ITERS=${SR_ITERS:-1500}
 SR_BATCH=${SR_BATCH:-16}
+SR_TEXT_LENGTH=${SR_TEXT_LENGTH:-20}    # super-resolution captions padded to this many tokens (0: not padded)
 VQ_IMAGES=${VQ_IMAGES:-24000}
 VQ_DECODER_ITERS=${VQ_DECODER_ITERS:-4000}
 VQ_DECODER_IMAGES=${VQ_DECODER_IMAGES:-30000}
@@ -117,19 +118,24 @@ if want gpt; then
   INIT=$GPT_INIT train_gpt cogview-demo "$DEMO_DIR/gpt.lmdb" "$GPT_ITERS" "$GPT_BATCH" "$GPT_POSITIONS" 8 256 8 "$GPT_LR"
 fi
 
-if want sr-data && [ -d "$DEMO_DIR/sr.lmdb" ]; then kept "$DEMO_DIR/sr.lmdb" "SR_ROWS=$SR_ROWS"; fi
+if want sr-data && [ -d "$DEMO_DIR/sr.lmdb" ]; then
+  kept "$DEMO_DIR/sr.lmdb" "SR_ROWS=$SR_ROWS SR_TEXT_LENGTH=$SR_TEXT_LENGTH"
+fi
 if want sr-data && [ ! -d "$DEMO_DIR/sr.lmdb" ]; then
   say "super-resolution rows ($SR_ROWS)"
   "$PYTHON" -m data_utils.make_demo_data sr --out "$DEMO_DIR/sr.lmdb" --num "$SR_ROWS" --seed "$SEED" \
-      --img-size "$SR_IMG_SIZE" --vqvae "$VQVAE" --txt-tokenizer-path "$TOKENIZER.model"
+      --img-size "$SR_IMG_SIZE" --vqvae "$VQVAE" --txt-tokenizer-path "$TOKENIZER.model" \
+      --sr-text-length "$SR_TEXT_LENGTH"
 fi
 
 if want sr; then
   say "super-resolution GPT ($SR_ITERS iterations of $SR_BATCH)"
   # rows are up to 352 tokens; positions restart at [ROI2] (the rule generation uses, and
-  # the original's cogview-sr was finetuned with), so 264 positions cover both halves
+  # the original's cogview-sr was finetuned with), so 264 positions cover both halves.
+  # Captions padded to SR_TEXT_LENGTH put the low-res codes at fixed positions; the
+  # flag lands in model_config.json, so generation pads its queries the same way.
   TRAIN_IMG_SIZE=$SR_IMG_SIZE train_gpt cogview-demo-sr "$DEMO_DIR/sr.lmdb" "$SR_ITERS" "$SR_BATCH" 264 6 192 6 1e-3 \
-      --roi2-positions --max-position-embeddings-finetune 352
+      --roi2-positions --max-position-embeddings-finetune 352 --sr-text-length "$SR_TEXT_LENGTH"
 fi
 
 if want export; then

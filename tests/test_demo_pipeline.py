@@ -61,6 +61,10 @@ def test_gpt_and_sr_rows(tmp_path, demo_tokenizer):
         # 8x8 grid: 4x4 low-res windows -> 8x8 high-res blocks (generation.magnify.sr_window)
         assert r[boi1 - 1] == tok["[TINY]"] and r[boi2 - 1] == tok["[TINY]"]
         assert boi2 - boi1 == 16 + 5 and len(r) == boi2 + 1 + 64 + 1
+    padded = str(tmp_path / "sr_padded.lmdb")  # train_demo.sh's SR_TEXT_LENGTH
+    assert make_demo_data.write_sr_lmdb(padded, 10, 1, 64, vq, demo_tokenizer, "cpu", text_length=20) == 10
+    rows = [np.asarray(LMDBDataset(padded)[i]) for i in range(10)]
+    assert {list(r).index(tok["[BOI1]"]) for r in rows} == {22} and {len(r) for r in rows} == {22 + 1 + 16 + 5 + 64 + 1}
 
 
 def test_vqvae_lmdb_images_load_in_worker_processes(tmp_path):

@@ -80,6 +80,66 @@ def test_low_level_super_resolution(assets, tmp_path):
     assert Image.open(folder / "0.jpg").size == (64, 64)
 
 
+@pytest.mark.parametrize("task", ["super-resolution", "low-level super-resolution"])
+def test_sr_text_length_pads_every_query(assets, tmp_path, monkeypatch, task):
+    """--sr-text-length (model_config.json's sr_text_length) pads the caption with [PAD], so
+    the low-res codes start at the same index for every caption, as in the training rows."""
+    from data_utils.unified_tokenizer import UnifiedTokenizer
+    tok = UnifiedTokenizer(assets["vqvae"], assets["sp"])
+    fed = []
+    real = generate_samples.generate_in_chunks
+
+    def spy(model, ids, *args, **kwargs):
+        fed.append(list(ids))
+        return real(model, ids, *args, **kwargs)
+
+    monkeypatch.setattr(generate_samples, "generate_in_chunks", spy)
+    captions = ["a red circle", "a big blue square on the left"]
+    lines = [c + "\t" + assets["images"][0] for c in captions]
+    code, _ = run(assets, tmp_path, task, lines, "--max-position-embeddings", "400", "--batch-size", "1",
+                  "--sr-text-length", "24")
+    assert code == 0 and fed
+    for ids in fed:  # [ROI1], 24 text ids, the size token, [BOI1], the low-res codes
+        assert ids[0] == tok["[ROI1]"] and ids.index(tok["[BOI1]"]) == 26
+        assert ids[27] < tok.num_image_tokens
+    texts = {tuple(ids[1:25]) for ids in fed}
+    expected = {tuple(tok.EncodeAsIds(c)) + (tok["[PAD]"],) * (24 - len(tok.EncodeAsIds(c))) for c in captions}
+    assert texts == expected
+
+
+def test_sr_text_length_comes_from_model_config(assets, tmp_path, monkeypatch):
+    """A model trained with --sr-text-length records it; generation pads without the flag."""
+    import json
+    import shutil
+    ckpt = str(tmp_path / "sr_ckpt")
+    shutil.copytree(assets["ckpt"], ckpt)
+    config_path = os.path.join(ckpt, "model_config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    for key in ("img_tokenizer_path", "txt_tokenizer_path"):  # keep them valid from the copy
+        config[key] = os.path.relpath(os.path.join(assets["ckpt"], config[key]), ckpt)
+    config["sr_text_length"] = 24
+    with open(config_path, "w") as f:
+        json.dump(config, f)
+    fed = []
+    real = generate_samples.generate_in_chunks
+    monkeypatch.setattr(generate_samples, "generate_in_chunks",
+                        lambda model, ids, *a, **k: fed.append(list(ids)) or real(model, ids, *a, **k))
+    code, _ = run(dict(assets, ckpt=ckpt), tmp_path, "low-level super-resolution",
+                  ["a red circle\t" + assets["images"][0]], "--batch-size", "1")
+    from data_utils.unified_tokenizer import UnifiedTokenizer
+    tok = UnifiedTokenizer(assets["vqvae"], assets["sp"])
+    assert code == 0 and len(fed) == 1
+    assert fed[0].index(tok["[BOI1]"]) == 26 and fed[0][1 + len(tok.EncodeAsIds("a red circle"))] == tok["[PAD]"]
+
+
+def test_sr_text_length_refuses_a_longer_caption(assets, tmp_path, capsys):
+    code, _ = run(assets, tmp_path, "super-resolution", ["a red circle\t" + assets["images"][0]],
+                  "--max-position-embeddings", "400", "--sr-text-length", "1")
+    err = capsys.readouterr().err
+    assert code == 1 and "--sr-text-length" in err and "shorten the caption" in err
+
+
 def test_inpainting_keeps_codes_outside_the_region(assets, tmp_path):
     code, out = run(assets, tmp_path, "inpainting", ["a red circle\t" + assets["images"][2] + "\t0.5,0,1,1"],
                     "--batch-size", "2")

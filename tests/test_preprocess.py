@@ -19,9 +19,9 @@ from data_utils.lmdb_readers import close_reader
 from data_utils.sp_tokenizer import train_text_tokenizer
 from data_utils.templates import TextCodeTemplate
 from data_utils.unified_tokenizer import UnifiedTokenizer
-from generation.magnify import magnify, sr_window
+from generation.magnify import magnify, pad_query_text, padded_text, sr_window
 from preprocess import PreprocessConfig, run, sr_layout, sr_positions, sr_row
-from preprocess.journal import JOURNAL_NAME
+from preprocess.journal import JOURNAL_NAME, report_path_for
 from preprocess.pipeline import TEST_DELAY_ENV
 from preprocess_entry import main
 from vqvae import VQVAE, img2code, load_model, read_img
@@ -243,8 +243,8 @@ def test_resume_with_other_settings_is_refused(assets, tmp_path, capsys):
     close_reader(str(out))
 
 
-@pytest.mark.parametrize("grid", [8, 16, 32])
-def test_super_resolution_rows_match_magnify(assets, grid):
+@pytest.mark.parametrize("grid,text_length", [(8, 0), (16, 0), (32, 0), (16, 12)])
+def test_super_resolution_rows_match_magnify(assets, grid, text_length):
     """Each window magnify feeds the model is the prefix of one training row, so a model trained
     on these rows sees exactly the contexts it is asked to continue."""
     tok = UnifiedTokenizer(img_tokenizer_num_tokens=512, txt_tokenizer_path=assets["sp"])
@@ -253,7 +253,7 @@ def test_super_resolution_rows_match_magnify(assets, grid):
     high = rng.integers(0, 512, 4 * grid * grid)
     text = tok.EncodeAsIds("a red cat")
     layout = sr_layout(grid)
-    rows = [sr_row(tok, text, low, high, p, layout) for p in sr_positions(layout)]
+    rows = [sr_row(tok, text, low, high, p, layout, text_length) for p in sr_positions(layout)]
     assert len(rows) == layout.count ** 2 == 9  # 3 x 3 windows at every grid
     calls = []
 
@@ -267,12 +267,39 @@ def test_super_resolution_rows_match_magnify(assets, grid):
         return torch.as_tensor(row).view(1, -1)
 
     size = {8: "[TINY]", 16: "[SMALL]", 32: "[BASE]"}[grid]
-    prefix = [tok["[ROI1]"], *text, tok[size], tok["[BOI1]"]]
+    prefix = pad_query_text([tok["[ROI1]"], *text, tok[size], tok["[BOI1]"]], tok.command_tokens, text_length)
+    if text_length:
+        assert prefix.index(tok["[BOI1]"]) == text_length + 2 and prefix.count(tok["[PAD]"]) == text_length - len(text)
     window, stride = sr_window(grid)
     hi = magnify(torch.as_tensor(low), prefix, fill, tok.command_tokens, window=window, stride=stride)
     np.testing.assert_array_equal(hi[0].numpy(), high)
     assert len(calls) == len(rows)
     assert all(r[-1] == tok["[EOI2]"] for r in rows)
+
+
+def test_padded_text_refuses_a_longer_caption():
+    assert padded_text([5, 6], 4, 0) == [5, 6, 0, 0] and padded_text([5, 6], 0, 0) == [5, 6]
+    with pytest.raises(ValueError, match="3 tokens.*at most 2 \\(--sr-text-length\\)"):
+        padded_text([5, 6, 7], 2, 0)
+
+
+def test_super_resolution_cli_pads_captions(assets, tmp_path):
+    """--sr-text-length: every row's low-res codes start at the same index; a caption
+    longer than the length is skipped and reported, not cut."""
+    tok = UnifiedTokenizer(img_tokenizer_num_tokens=64, txt_tokenizer_path=assets["sp"])
+    lengths = sorted(len(tok.EncodeAsIds(c)) for n, c in assets["good"].items() if n.startswith("good"))
+    limit = lengths[-1] - 1  # the longest caption no longer fits
+    out = tmp_path / "sr_pad.lmdb"
+    assert main(cli(assets, out, "--task", "super-resolution", "--num-workers", "0", "--batch-size", "4",
+                    "--sr-text-length", str(limit))) == 0
+    ds = LMDBDataset(str(out))
+    rows = [np.asarray(ds[i]) for i in range(len(ds))]
+    close_reader(str(out))
+    assert rows and {int(np.argmax(r == tok["[BOI1]"])) for r in rows} == {limit + 2}
+    with open(report_path_for(str(out)), encoding="utf-8") as f:
+        skipped = [line for line in f if f"--sr-text-length {limit}" in line]
+    assert skipped and any(name in skipped[0] for name in assets["good"])
+    assert len(rows) == 9 * (len(assets["good"]) - len(skipped))
 
 
 def test_super_resolution_cli_rows(assets, tmp_path):
