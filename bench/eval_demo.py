@@ -3,7 +3,7 @@
     python bench/eval_demo.py [--model pretrained/cogview/cogview-demo]
         [--sr-model pretrained/cogview/cogview-demo-sr] [--prompts 100] [--write-results]
 
-Every prompt and image comes from held-out scenes (data_utils.shapes.HELD_OUT_PAIRS: a
+Every scored prompt and image comes from held-out scenes (data_utils.shapes.HELD_OUT_PAIRS: a
 (colour, shape) pair the models never saw). Images are scored by the grammar checker
 (data_utils.shapes_checker), captions by parsing them back into scenes.
 
@@ -13,6 +13,9 @@ Every prompt and image comes from held-out scenes (data_utils.shapes.HELD_OUT_PA
   must match; one sampled caption per image is reported beside it;
 - post-selection: 8 images per prompt, the best by inverse_prompt_score vs a random pick
   (the mean over the 8);
+- the same text2image / image2text scores on training-split scenes (--train-prompts; pairs
+  the model saw), reported beside the held-out ones without a target: the difference is
+  what generalising to unseen (colour, shape) pairs costs;
 - super-resolution: PSNR of magnify's output against the render at twice the size, vs
   bicubic upsampling of the low-resolution image: the image its codes decode to (the same
   information magnify gets) and the true render; low-level super-resolution (half the SR
@@ -29,7 +32,7 @@ import random
 import sys
 import time
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -92,11 +95,12 @@ def _flags(truth: Scene, got: Optional[Scene]) -> Dict[str, bool]:
     return flags
 
 
-def held_out_scenes(count: int, seed: int) -> Dict[str, List[Scene]]:
+def held_out_scenes(count: int, seed: int, split: str = "held-out") -> Dict[str, List[Scene]]:
+    """``count`` one-object and ``count`` two-object scenes of ``split``, deterministic in seed."""
     rng = random.Random(seed)
-    held = all_scenes("held-out")
-    ones = [s for s in held if s.second is None]
-    twos = [s for s in held if s.second is not None]
+    pool = all_scenes(split)
+    ones = [s for s in pool if s.second is None]
+    twos = [s for s in pool if s.second is not None]
     return {"one": rng.sample(ones, count), "two": rng.sample(twos, count)}
 
 
@@ -154,42 +158,15 @@ def evaluate(args) -> dict:
                      "top_k": args.top_k, "caption_top_k": args.caption_top_k}
     demo = Demo(args.model, ["--temperature", str(args.temperature), "--top_k", str(args.top_k),
                              "--seed", str(args.seed), "--max-inference-batch-size", "8"])
-    size = demo.gen.args.img_size
 
-    # VQ-VAE ceiling: the checker on reconstructions
-    flags = defaultdict(list)
-    for kind, group in scenes.items():
-        for s in group:
-            flags[kind].append(check_image(s, demo.decode(demo.encode(render(s, size)))))
-    results["vqvae_ceiling"] = {k: _rate(v) for k, v in flags.items()}
+    results["vqvae_ceiling"] = _vqvae_ceiling(demo, scenes)
 
-    # text2image, alternating English and Chinese prompts
-    flags, seconds, images = defaultdict(list), 0.0, 0
-    for kind, group in scenes.items():
-        for i, s in enumerate(group):
-            start = time.time()
-            img = demo.text2image(caption(s, LANGUAGES[i % 2]), 1)[0]
-            seconds += time.time() - start
-            images += 1
-            flags[kind].append(check_image(s, img))
-    results["text2image"] = {k: _rate(v) for k, v in flags.items()}
-    results["text2image_seconds_per_image"] = round(seconds / images, 3)
+    results["text2image"], results["text2image_seconds_per_image"] = _text2image_rates(demo, scenes)
 
     # image2text on rendered held-out images: the most likely caption (--caption-top-k 1)
     # scores the target; one caption sampled like the images is reported beside it
-    flags, sampled = defaultdict(list), defaultdict(list)
-    examples = []
-    for kind, group in scenes.items():
-        for s in group:
-            codes = demo.encode(render(s, size))
-            text = demo.caption(codes, top_k=args.caption_top_k)
-            flags[kind].append(caption_flags(s, parse_caption(text.rstrip(".。"))))
-            sampled[kind].append(caption_flags(s, parse_caption(demo.caption(codes).rstrip(".。"))))
-            if len(examples) < 6:
-                examples.append(f"{caption(s, 'en')} -> {text}")
-    results["image2text"] = {k: _rate(v) for k, v in flags.items()}
-    results["image2text_sampled"] = {k: _rate(v) for k, v in sampled.items()}
-    results["image2text_examples"] = examples
+    (results["image2text"], results["image2text_sampled"],
+     results["image2text_examples"]) = _image2text_rates(demo, scenes, args.caption_top_k, sampled=True)
 
     # post-selection: best of 8 by the caption likelihood vs a random pick
     best, rand = [], []
@@ -205,9 +182,62 @@ def evaluate(args) -> dict:
     results["post_selection"] = {"prompts": len(best), "best_of_8_all_right": round(100 * np.mean(best), 1),
                                  "random_pick_all_right": round(100 * np.mean(rand), 1)}
 
+    # the same on training-split scenes (every (colour, shape) pair seen in training): the gap
+    # to the held-out numbers is what generalising to unseen pairs costs
+    if args.train_prompts > 0:
+        seen = held_out_scenes(args.train_prompts, args.seed, split="train")
+        t2i, _ = _text2image_rates(demo, seen)
+        i2t, _, _ = _image2text_rates(demo, seen, args.caption_top_k, sampled=False)
+        results["training_split"] = {"prompts_per_kind": args.train_prompts, "text2image": t2i,
+                                     "image2text": i2t, "vqvae_ceiling": _vqvae_ceiling(demo, seen)}
+
     if args.sr_model and args.sr_images > 0:  # --sr-images 0 skips super-resolution
         results["super_resolution"] = evaluate_super_resolution(args, scenes)
     return results
+
+
+def _vqvae_ceiling(demo: Demo, scenes: Dict[str, List[Scene]]) -> dict:
+    """The checker on VQ-VAE reconstructions of the rendered scenes: the best a GPT drawing
+    through these codes can score."""
+    size = demo.gen.args.img_size
+    flags = defaultdict(list)
+    for kind, group in scenes.items():
+        for s in group:
+            flags[kind].append(check_image(s, demo.decode(demo.encode(render(s, size)))))
+    return {k: _rate(v) for k, v in flags.items()}
+
+
+def _text2image_rates(demo: Demo, scenes: Dict[str, List[Scene]]) -> Tuple[dict, float]:
+    """Checker rates of one image per prompt (English and Chinese prompts alternate) and
+    the seconds per image."""
+    flags, seconds, images = defaultdict(list), 0.0, 0
+    for kind, group in scenes.items():
+        for i, s in enumerate(group):
+            start = time.time()
+            img = demo.text2image(caption(s, LANGUAGES[i % 2]), 1)[0]
+            seconds += time.time() - start
+            images += 1
+            flags[kind].append(check_image(s, img))
+    return {k: _rate(v) for k, v in flags.items()}, round(seconds / max(images, 1), 3)
+
+
+def _image2text_rates(demo: Demo, scenes: Dict[str, List[Scene]], top_k: Optional[int],
+                      sampled: bool) -> Tuple[dict, dict, List[str]]:
+    """Caption rates of rendered scenes: the caption at ``top_k`` (scored), optionally one
+    sampled like the images (reported beside it), and the first few examples."""
+    size = demo.gen.args.img_size
+    flags, flags_sampled, examples = defaultdict(list), defaultdict(list), []
+    for kind, group in scenes.items():
+        for s in group:
+            codes = demo.encode(render(s, size))
+            text = demo.caption(codes, top_k=top_k)
+            flags[kind].append(caption_flags(s, parse_caption(text.rstrip(".。"))))
+            if sampled:
+                flags_sampled[kind].append(caption_flags(s, parse_caption(demo.caption(codes).rstrip(".。"))))
+            if len(examples) < 6:
+                examples.append(f"{caption(s, 'en')} -> {text}")
+    return ({k: _rate(v) for k, v in flags.items()}, {k: _rate(v) for k, v in flags_sampled.items()},
+            examples)
 
 
 def evaluate_super_resolution(args, scenes: Dict[str, List[Scene]]) -> dict:
@@ -316,6 +346,18 @@ def report(results: dict) -> str:
         ll, half = sr["low_level"], sr["low_res_size"] // 2
         lines.append(f"| low-level super-resolution PSNR ({half} -> {2 * half} px) vs bicubic of the "
                      f"true {half} px render (no target) | - | {ll['psnr']} dB vs {ll['psnr_bicubic']} dB | - |")
+    if "training_split" in results:
+        tr = results["training_split"]
+        tc = tr["vqvae_ceiling"]
+        t1, t2, c1, c2 = tr["text2image"]["one"], tr["text2image"]["two"], tr["image2text"]["one"], tr["image2text"]["two"]
+        lines.append(f"| the same on {tr['prompts_per_kind']} + {tr['prompts_per_kind']} training-split "
+                     f"scenes (pairs seen in training; no target): text2image one object background / "
+                     f"colour / position / shape | - | {t1['background']}% / {t1['colour']}% / "
+                     f"{t1['position']}% / {t1['shape']}% | shape {tc['one']['shape']}% |")
+        lines.append(f"| training-split text2image two objects: colours and relation (no target) | - | "
+                     f"{t2['colours_and_relation']}% | {tc['two']['colours_and_relation']}% |")
+        lines.append(f"| training-split image2text: every attribute, one / two objects, {how} (no target) "
+                     f"| - | {c1['all']}% / {c2['all']}% | - |")
     lines.append(f"| text2image time per image (2 CPU cores, batch 1) | recorded | "
                  f"{results['text2image_seconds_per_image']} s | - |")
     if "super_resolution" in results:
@@ -347,6 +389,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=os.path.join(ROOT, "pretrained/cogview/cogview-demo"))
     p.add_argument("--sr-model", default=os.path.join(ROOT, "pretrained/cogview/cogview-demo-sr"))
     p.add_argument("--prompts", type=int, default=100, help="held-out prompts per kind (one/two objects)")
+    p.add_argument("--train-prompts", type=int, default=100,
+                   help="training-split prompts/images per kind scored the same way, no target: the "
+                        "generalisation gap (0 skips them)")
     p.add_argument("--sr-images", type=int, default=20, help="held-out images for the super-resolution PSNR (0 skips it)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top_k", type=int, default=20)

@@ -50,6 +50,7 @@ def write_lmdb(out: str, values: Iterable[bytes], commit_every: int = 5000) -> i
     ``<out>.tmp`` and renamed when complete, so an interrupted step leaves no partial LMDB."""
     import lmdb
     tmp = out.rstrip("/") + ".tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(tmp)), exist_ok=True)  # e.g. a new DEMO_DIR
     shutil.rmtree(tmp, ignore_errors=True)
     env = lmdb.open(tmp, map_size=1 << 36, subdir=True)
     count = 0

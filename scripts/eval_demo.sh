@@ -3,7 +3,8 @@
 # text2image, image2text, post-selection and super-resolution scored by the grammar checker.
 #   ./scripts/eval_demo.sh                      # prints the numbers
 #   ./scripts/eval_demo.sh --write-results      # and updates bench/RESULTS.md
-# Options: --prompts N (held-out prompts per kind, default 100), --sr-images N, --model DIR,
+# Options: --prompts N (held-out prompts per kind, default 100), --train-prompts N (training-split
+# scenes scored the same way, no target: the generalisation gap; 0 skips), --sr-images N, --model DIR,
 # --sr-model DIR, --json FILE.
 set -euo pipefail
 main_dir="$(dirname "$(dirname "$(realpath "$0")")")"

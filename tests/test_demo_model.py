@@ -121,12 +121,16 @@ def test_eval_script_runs_and_reports_every_measure(tmp_path):
     out = tmp_path / "eval.json"
     sr = ["--sr-images", "1"] if os.path.isdir(DEMO_SR) else ["--sr-model", ""]
     result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "eval_demo.py"), "--prompts", "3",
-                             *sr, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                             "--train-prompts", "2", *sr, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     numbers = json.loads(out.read_text())
     for key in ("vqvae_ceiling", "text2image", "image2text", "image2text_sampled", "post_selection",
                 "text2image_seconds_per_image"):
         assert key in numbers
     assert 0 <= numbers["text2image"]["one"]["colour"] <= 100
+    seen = numbers["training_split"]
+    assert seen["prompts_per_kind"] == 2 and 0 <= seen["text2image"]["one"]["shape"] <= 100
+    assert 0 <= seen["image2text"]["two"]["all"] <= 100 and "one" in seen["vqvae_ceiling"]
+    assert "training-split scenes (pairs seen in training; no target)" in result.stdout
     assert "| text2image one object: shape | >= 80% |" in result.stdout
     assert "| image2text: every attribute, one object, the most likely caption (top-k 1) | >= 90% |" in result.stdout

@@ -78,6 +78,18 @@ def test_vqvae_lmdb_images_load_in_worker_processes(tmp_path):
     assert len(batches) == 2 and batches[0].shape == (4, 3, 32, 32)
 
 
+def test_lmdb_output_goes_into_a_new_folder_and_replaces_an_old_one(tmp_path):
+    import lmdb
+
+    from data_utils import make_demo_data
+    out = str(tmp_path / "new" / "dir" / "rows.lmdb")  # a fresh DEMO_DIR: no parent yet
+    assert make_demo_data.write_lmdb(out, [b"a", b"b"]) == 2
+    assert make_demo_data.write_lmdb(out, [b"c"]) == 1
+    with lmdb.open(out, readonly=True, lock=False).begin() as txn:
+        assert txn.get(b"length") == b"1" and txn.get(b"0") == b"c" and txn.get(b"1") is None
+    assert sorted(os.listdir(tmp_path / "new" / "dir")) == ["rows.lmdb"]  # no .tmp left
+
+
 def test_vqvae_decoder_images_hold_whole_small_renders(tmp_path):
     import io
 
@@ -161,6 +173,7 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     drive generate_samples.py, and a second run skips what is done."""
     env = dict(os.environ, DEMO_DIR=str(tmp_path / "demo"), PRETRAINED_DIR=str(tmp_path / "pre"),
                VQ_ITERS="3", VQ_IMAGES="64", VQ_DECODER_ITERS="2", VQ_DECODER_IMAGES="30",
+               VQ_WHOLE_ITERS="2",
                GPT_ROWS="48", GPT_ITERS="3", GPT_BATCH="4", SR_ROWS="24",
                SR_ITERS="2", SR_BATCH="4", CUDA_VISIBLE_DEVICES="", FORCE_CPU="1")
     script = os.path.join(ROOT, "scripts", "train_demo.sh")
@@ -169,13 +182,20 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     pre = tmp_path / "pre"
     for path in ("text_tokenizer/shapes.model", "vqvae/shapes_vqvae.pt", "cogview/cogview-demo/model_config.json"):
         assert (pre / path).is_file(), path
-    # the shipped VQ-VAE is the decoder-only stage's: same encoder and codebook, new decoder
+    # three VQ-VAE stages: the decoder-only one keeps stage 1's encoder and codebook and
+    # changes the decoder; the last trains everything from there and is the shipped file
     import vqvae
+    ckpts = tmp_path / "demo" / "checkpoints"
     shipped = vqvae.load_model(pre / "vqvae" / "shapes_vqvae.pt").state_dict()
-    stage1 = vqvae.load_model(tmp_path / "demo" / "checkpoints" / "vqvae").state_dict()
-    assert (tmp_path / "demo" / "checkpoints" / "vqvae-decoder" / "latest").read_text() == "2"
-    assert all(torch.equal(shipped[k], v) for k, v in stage1.items() if not k.startswith("dec."))
-    assert not all(torch.equal(shipped[k], v) for k, v in stage1.items() if k.startswith("dec."))
+    stage1 = vqvae.load_model(ckpts / "vqvae").state_dict()
+    stage2 = vqvae.load_model(ckpts / "vqvae-decoder").state_dict()
+    stage3 = vqvae.load_model(ckpts / "vqvae-whole").state_dict()
+    assert (ckpts / "vqvae-decoder" / "latest").read_text() == "2"
+    assert (ckpts / "vqvae-whole" / "latest").read_text() == "2"
+    assert all(torch.equal(stage2[k], v) for k, v in stage1.items() if not k.startswith("dec."))
+    assert not all(torch.equal(stage2[k], v) for k, v in stage1.items() if k.startswith("dec."))
+    assert all(torch.equal(shipped[k], v) for k, v in stage3.items())
+    assert not all(torch.equal(stage3[k], v) for k, v in stage2.items() if k.startswith("enc"))
     with open(pre / "cogview" / "cogview-demo-sr" / "model_config.json") as f:
         sr_config = json.load(f)  # trained with positions restarting at [ROI2], as magnify feeds them
     assert (sr_config["max_position_embeddings"], sr_config["max_position_embeddings_finetune"]) == (264, 352)
@@ -218,15 +238,18 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     (img,) = [p for p in (tmp_path / "sr_out").rglob("*.jpg")]
     assert Image.open(img).size[0] == 256
-    # GPT_INIT: a new run starts from exported weights (iteration 0), then resumes as usual
-    shutil.rmtree(tmp_path / "demo" / "checkpoints" / "cogview-demo")
-    shutil.copytree(pre / "cogview" / "cogview-demo", tmp_path / "init")
-    cont = subprocess.run(["bash", script], env=dict(env, STEPS="gpt export", GPT_ITERS="2",
-                                                     GPT_INIT=str(tmp_path / "init")),
+    # GPT_INIT / SR_INIT: new runs start from exported weights (iteration 0), then resume as usual
+    for name in ("cogview-demo", "cogview-demo-sr"):
+        shutil.rmtree(tmp_path / "demo" / "checkpoints" / name)
+        shutil.copytree(pre / "cogview" / name, tmp_path / "init" / name)
+    cont = subprocess.run(["bash", script], env=dict(env, STEPS="gpt sr export", GPT_ITERS="2", SR_ITERS="1",
+                                                     GPT_INIT=str(tmp_path / "init" / "cogview-demo"),
+                                                     SR_INIT=str(tmp_path / "init" / "cogview-demo-sr")),
                           capture_output=True, text=True, timeout=300)
     assert cont.returncode == 0, cont.stderr[-3000:]
     assert (pre / "cogview" / "cogview-demo" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
-    assert "loaded the weights of" in cont.stdout + cont.stderr
+    assert (pre / "cogview" / "cogview-demo-sr" / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
+    assert (cont.stdout + cont.stderr).count("loaded the weights of") == 2
 
 
 def test_eval_caption_flags_score_each_attribute():
