@@ -95,7 +95,7 @@ def _flags(truth: Scene, got: Optional[Scene]) -> Dict[str, bool]:
     return flags
 
 
-def held_out_scenes(count: int, seed: int, split: str = "held-out") -> Dict[str, List[Scene]]:
+def evaluation_scenes(count: int, seed: int, split: str = "held-out") -> Dict[str, List[Scene]]:
     """``count`` one-object and ``count`` two-object scenes of ``split``, deterministic in seed."""
     rng = random.Random(seed)
     pool = all_scenes(split)
@@ -153,7 +153,7 @@ class Demo:
 
 def evaluate(args) -> dict:
     torch.manual_seed(args.seed)
-    scenes = held_out_scenes(args.prompts, args.seed)
+    scenes = evaluation_scenes(args.prompts, args.seed)
     results: dict = {"prompts_per_kind": args.prompts, "temperature": args.temperature,
                      "top_k": args.top_k, "caption_top_k": args.caption_top_k}
     demo = Demo(args.model, ["--temperature", str(args.temperature), "--top_k", str(args.top_k),
@@ -185,7 +185,7 @@ def evaluate(args) -> dict:
     # the same on training-split scenes (every (colour, shape) pair seen in training): the gap
     # to the held-out numbers is what generalising to unseen pairs costs
     if args.train_prompts > 0:
-        seen = held_out_scenes(args.train_prompts, args.seed, split="train")
+        seen = evaluation_scenes(args.train_prompts, args.seed, split="train")
         t2i, _ = _text2image_rates(demo, seen)
         i2t, _, _ = _image2text_rates(demo, seen, args.caption_top_k, sampled=False)
         results["training_split"] = {"prompts_per_kind": args.train_prompts, "text2image": t2i,
