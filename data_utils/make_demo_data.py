@@ -98,21 +98,26 @@ def train_tokenizer(captions_path: str, out_prefix: str, vocab_size: int) -> str
 
 
 def write_vqvae_images(out: str, num: int, seed: int, img_size: int,
-                       whole_size: Optional[int] = None) -> int:
+                       whole_size: Optional[int] = None, whole_only: bool = False) -> int:
     """PNG crops for VQ-VAE training: random 64 px crops of scenes rendered at img_size
     (2 in 3) and at twice img_size (1 in 3, what the super-resolution model's output is
     encoded at). The VQ-VAE is convolutional, so it trains on crops and encodes any size.
 
     ``whole_size`` (e.g. 64, the base model's images) replaces the first of every three with
     a render at that size: the decoder then also learns the small shapes of whole 64 px
-    images, which crops of bigger renders rarely show."""
+    images, which crops of bigger renders rarely show.
+
+    ``whole_only``: every image a whole render at ``whole_size`` (or ``img_size``), the
+    data of the base model's own VQ-VAE (its codes only ever see whole small scenes)."""
     rng = random.Random(seed + 17)
     scenes = sample_scenes(num, seed)
     sizes = (whole_size or img_size, img_size, 2 * img_size)
+    if whole_only:
+        sizes = sizes[:1]
 
     def crops():
         for i, scene in enumerate(tqdm(scenes, desc="rendering VQ-VAE images", mininterval=5)):
-            size = sizes[i % 3]
+            size = sizes[i % len(sizes)]
             crop = min(VQVAE_CROP, size)
             x, y = rng.randrange(size - crop + 1), rng.randrange(size - crop + 1)
             yield _png(render(scene, size).crop((x, y, x + crop, y + crop)))
@@ -270,6 +275,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--img-size", type=int, default=128, help="base image side in pixels")
     p.add_argument("--whole-size", type=int,
                    help="vqvae-images: 1 in 3 images a whole render of this side (the decoder's data)")
+    p.add_argument("--whole-only", action="store_true",
+                   help="vqvae-images: every image a whole render (of --whole-size, else --img-size)")
     p.add_argument("--vqvae", help="VQ-VAE checkpoint (gpt, sr)")
     p.add_argument("--txt-tokenizer-path", help="sentencepiece model (gpt, sr)")
     p.add_argument("--captions", help="caption file (tokenizer)")
@@ -287,7 +294,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif a.step == "tokenizer":
         n = train_tokenizer(a.captions, a.out, a.vocab_size)
     elif a.step == "vqvae-images":
-        n = write_vqvae_images(a.out, a.num, a.seed, a.img_size, a.whole_size)
+        n = write_vqvae_images(a.out, a.num, a.seed, a.img_size, a.whole_size, a.whole_only)
     elif a.step == "gpt":
         n = write_gpt_lmdb(a.out, a.num, a.seed, a.img_size, a.vqvae, a.txt_tokenizer_path, a.device,
                            a.image2text_fraction)

@@ -116,6 +116,9 @@ def test_vqvae_decoder_images_hold_whole_small_renders(tmp_path):
         assert not np.array_equal(a[i], b[i])
     for i in (1, 2, 4, 5):  # the rest: the same crops as without whole_size
         assert np.array_equal(a[i], b[i])
+    only = str(tmp_path / "only.lmdb")  # the base model's VQ-VAE: whole 64 px scenes alone
+    assert make_demo_data.write_vqvae_images(only, 6, seed=3, img_size=64, whole_only=True) == 6
+    assert all(np.array_equal(c, np.asarray(render(s, 64))) for c, s in zip(images(only), scenes))
 
 
 def test_export_release(tmp_path, demo_tokenizer):
@@ -173,14 +176,15 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     drive generate_samples.py, and a second run skips what is done."""
     env = dict(os.environ, DEMO_DIR=str(tmp_path / "demo"), PRETRAINED_DIR=str(tmp_path / "pre"),
                VQ_ITERS="3", VQ_IMAGES="64", VQ_DECODER_ITERS="2", VQ_DECODER_IMAGES="30",
-               VQ_WHOLE_ITERS="2",
+               VQ_WHOLE_ITERS="2", VQ_BASE_ITERS="2", VQ_BASE_IMAGES="16",
                GPT_ROWS="48", GPT_ITERS="3", GPT_BATCH="4", SR_ROWS="24",
                SR_ITERS="2", SR_BATCH="4", CUDA_VISIBLE_DEVICES="", FORCE_CPU="1")
     script = os.path.join(ROOT, "scripts", "train_demo.sh")
     first = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     pre = tmp_path / "pre"
-    for path in ("text_tokenizer/shapes.model", "vqvae/shapes_vqvae.pt", "cogview/cogview-demo/model_config.json"):
+    for path in ("text_tokenizer/shapes.model", "vqvae/shapes_vqvae.pt", "vqvae/shapes_vqvae_base.pt",
+                 "cogview/cogview-demo/model_config.json"):
         assert (pre / path).is_file(), path
     # three VQ-VAE stages: the decoder-only one keeps stage 1's encoder and codebook and
     # changes the decoder; the last trains everything from there and is the shipped file
@@ -196,15 +200,24 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     assert not all(torch.equal(stage2[k], v) for k, v in stage1.items() if k.startswith("dec."))
     assert all(torch.equal(shipped[k], v) for k, v in stage3.items())
     assert not all(torch.equal(stage3[k], v) for k, v in stage2.items() if k.startswith("enc"))
+    # a fourth, the base model's own: from the third, on whole 64 px scenes
+    base = vqvae.load_model(pre / "vqvae" / "shapes_vqvae_base.pt").state_dict()
+    assert (ckpts / "vqvae-base" / "latest").read_text() == "2"
+    assert all(torch.equal(base[k], v) for k, v in vqvae.load_model(ckpts / "vqvae-base").state_dict().items())
+    assert not all(torch.equal(base[k], v) for k, v in shipped.items() if k.startswith("enc"))
     with open(pre / "cogview" / "cogview-demo-sr" / "model_config.json") as f:
         sr_config = json.load(f)  # trained with positions restarting at [ROI2], as magnify feeds them
     assert (sr_config["max_position_embeddings"], sr_config["max_position_embeddings_finetune"]) == (264, 352)
     assert sr_config["img_size"] == 128  # SR_IMG_SIZE: 128 -> 256 px, whatever the base model's size
+    assert os.path.samefile(pre / "cogview" / "cogview-demo-sr" / sr_config["img_tokenizer_path"],
+                            pre / "vqvae" / "shapes_vqvae.pt")
     with open(pre / "cogview" / "cogview-demo" / "model_config.json") as f:
         config = json.load(f)
     assert config["img_size"] == 64 and config["num_layers"] == 8 and config["max_position_embeddings"] == 96
     assert os.path.samefile(os.path.join(pre, "cogview", "cogview-demo", config["txt_tokenizer_path"]),
                             pre / "text_tokenizer" / "shapes.model")
+    assert os.path.samefile(pre / "cogview" / "cogview-demo" / config["img_tokenizer_path"],
+                            pre / "vqvae" / "shapes_vqvae_base.pt")
     second = subprocess.run(["bash", script], env=dict(env, STEPS="tokenizer vqvae gpt-data sr-data"),
                             capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
