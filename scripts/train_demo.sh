@@ -85,7 +85,8 @@ if want vqvae && [ ! -f "$VQVAE" ]; then
   say "VQ-VAE, all of it, on the same images ($VQ_WHOLE_ITERS iterations)"
   # the encoder and codebook never saw a whole 64 px scene above, and its small shapes got
   # codes made for big ones: trained whole on these images, held-out 64 px reconstructions
-  # keep the right shape in 72% instead of 60% (new codes: the GPTs train on these).
+  # keep the right shape in 72% instead of 60% (new codes: the super-resolution GPT trains
+  # on these; the base GPT on the fourth stage's below).
   "$PYTHON" -m vqvae.train --data "$DEMO_DIR/vqvae_decoder_images.lmdb" --save "$CKPT/vqvae-whole" \
       --resume --init "$CKPT/vqvae-decoder" --img-size 64 --batch-size 32 --lr 3e-4 \
       --iters "$VQ_WHOLE_ITERS" --dead-code-threshold 0.5 --log-interval 100 --save-interval 500 \
