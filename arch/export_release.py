@@ -1,6 +1,6 @@
 """Turn a training checkpoint into a small release folder (what pretrained/ ships).
 
-    python -m arch.export_release gpt SRC DST [--dtype float16] \
+    python -m arch.export_release gpt SRC DST [--dtype float16] [--average OTHER ...] \
         [--img-tokenizer-path VQVAE.pt] [--txt-tokenizer-path TOK.model]
     python -m arch.export_release vqvae SRC.pt DST.pt
 
@@ -8,7 +8,10 @@ gpt: reads the tracked iteration of SRC (the original layout), keeps only the we
 (``module``) and the iteration, stores floating tensors in --dtype, and writes
 ``DST/<iteration>/mp_rank_00_model_states.pt`` + the tracker file, then SRC's
 model_config.json with tokenizer paths rewritten relative to DST (or replaced by the
-given ones). vqvae: the weights and constructor config of a vqvae.train checkpoint,
+given ones). --average (repeatable) ships the mean of SRC's weights and those of other
+checkpoints of the same model (weight averaging along one run: a later checkpoint
+averaged with an earlier one can generalise better than either); the folder keeps SRC's
+iteration and config. vqvae: the weights and constructor config of a vqvae.train checkpoint,
 without optimizer and RNG state (fp32: nearest-code search is sensitive to rounding).
 Every file is written atomically.
 """
@@ -18,11 +21,11 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 
-from .checkpoint import (CheckpointError, _atomic_torch_save, load_checkpoint_state, read_tracker,
+from .checkpoint import (CheckpointError, StateDict, _atomic_torch_save, load_checkpoint_state, read_tracker,
                          save_checkpoint, write_text_atomic)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -30,11 +33,13 @@ CONFIG = "model_config.json"
 
 
 def export_gpt(src: str, dst: str, dtype: str = "float16", img_tokenizer_path: Optional[str] = None,
-               txt_tokenizer_path: Optional[str] = None) -> str:
+               txt_tokenizer_path: Optional[str] = None, average: Sequence[str] = ()) -> str:
     tag, _ = read_tracker(src)
     if tag is None:
         raise CheckpointError(f"{src}: no latest_checkpointed_iteration.txt; nothing to export")
     state = load_checkpoint_state(src)
+    if average:
+        state = average_states([state] + [load_checkpoint_state(o) for o in average], [src, *average])
     cast = {k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     config_path = os.path.join(src, CONFIG)
     if not os.path.isfile(config_path):
@@ -53,6 +58,26 @@ def export_gpt(src: str, dst: str, dtype: str = "float16", img_tokenizer_path: O
     file = save_checkpoint(dst, tag, cast)
     write_text_atomic(os.path.join(dst, CONFIG), json.dumps(config, indent=1) + "\n")
     return file
+
+
+def average_states(states: Sequence[StateDict], names: Sequence[str]) -> StateDict:
+    """The element-wise mean of state dicts of one model (fp32 sums; integer buffers from the first)."""
+    first = states[0]
+    for state, name in zip(states[1:], names[1:]):
+        if state.keys() != first.keys():
+            odd = sorted(state.keys() ^ first.keys())[0]
+            raise CheckpointError(f"{name}: key {odd} differs from {names[0]}; only checkpoints of one model average")
+        for k, v in state.items():
+            if v.shape != first[k].shape:
+                raise CheckpointError(f"{name}: {k} has shape {tuple(v.shape)}, {names[0]} "
+                                      f"{tuple(first[k].shape)}; only checkpoints of one model average")
+    out = {}
+    for k, v in first.items():
+        if v.is_floating_point():
+            out[k] = (sum(s[k].float() for s in states) / len(states)).to(v.dtype)
+        else:
+            out[k] = v
+    return out
 
 
 def export_vqvae(src: str, dst: str) -> str:
@@ -75,13 +100,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
+    p.add_argument("--average", action="append", default=[], metavar="OTHER",
+                   help="gpt: average SRC's weights with this checkpoint's (repeatable)")
     p.add_argument("--img-tokenizer-path")
     p.add_argument("--txt-tokenizer-path")
     a = p.parse_args(argv)
     try:
         if a.kind == "gpt":
-            out = export_gpt(a.src, a.dst, a.dtype, a.img_tokenizer_path, a.txt_tokenizer_path)
+            out = export_gpt(a.src, a.dst, a.dtype, a.img_tokenizer_path, a.txt_tokenizer_path, a.average)
         else:
+            if a.average:
+                p.error("--average is for gpt exports")
             out = export_vqvae(a.src, a.dst)
     except (CheckpointError, OSError, ValueError) as exc:
         print(f"export_release: error: {exc}", file=sys.stderr)

@@ -150,6 +150,35 @@ def test_export_release(tmp_path, demo_tokenizer):
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and not os.path.exists(tmp_path / "out")
 
 
+def test_export_release_averages_checkpoints(tmp_path, demo_tokenizer):
+    """--average ships the mean of one model's checkpoints, keeps SRC's iteration, and refuses
+    a checkpoint of another shape with one line and no output."""
+    from arch.checkpoint import load_checkpoint_state, read_tracker, save_checkpoint
+    vq = make_vqvae(str(tmp_path))
+    ckpt = make_gpt_checkpoint(str(tmp_path), vq, demo_tokenizer)
+    first = load_checkpoint_state(ckpt)
+    torch.manual_seed(1)
+    other_state = {k: (v + torch.randn_like(v)) if v.is_floating_point() else v for k, v in first.items()}
+    other = str(tmp_path / "other")
+    save_checkpoint(other, 4, other_state)
+    dst = str(tmp_path / "release" / "avg")
+    out = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", ckpt, dst, "--dtype", "float32",
+                          "--average", other], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert read_tracker(dst)[0] == "10"
+    state = load_checkpoint_state(dst)
+    for k, v in state.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (first[k] + other_state[k]) / 2)
+            assert not torch.equal(v, first[k])
+    wrong = str(tmp_path / "wrong")
+    save_checkpoint(wrong, 4, {k: (v[..., :1] if v.dim() else v) for k, v in first.items()})
+    bad = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", ckpt, str(tmp_path / "out"),
+                          "--average", wrong], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "wrong" in bad.stderr
+    assert not os.path.exists(tmp_path / "out")
+
+
 def test_export_vqvae_keeps_weights_and_config(tmp_path):
     from arch.export_release import export_vqvae
     import vqvae
