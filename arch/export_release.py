@@ -9,9 +9,8 @@ gpt: reads the tracked iteration of SRC (the original layout), keeps only the we
 ``DST/<iteration>/mp_rank_00_model_states.pt`` + the tracker file, then SRC's
 model_config.json with tokenizer paths rewritten relative to DST (or replaced by the
 given ones). --average (repeatable) ships the mean of SRC's weights and those of other
-checkpoints of the same model (weight averaging along one run: a later checkpoint
-averaged with an earlier one can generalise better than either); the folder keeps SRC's
-iteration and config. vqvae: the weights and constructor config of a vqvae.train checkpoint,
+checkpoints of the same model (weight averaging along one run, e.g. an earlier and a
+later checkpoint); the folder keeps SRC's iteration and config. vqvae: the weights and constructor config of a vqvae.train checkpoint,
 without optimizer and RNG state (fp32: nearest-code search is sensitive to rounding).
 Every file is written atomically.
 """
