@@ -10,8 +10,9 @@ gpt: reads the tracked iteration of SRC (the original layout), keeps only the we
 model_config.json with tokenizer paths rewritten relative to DST (or replaced by the
 given ones). --average (repeatable) ships the mean of SRC's weights and those of other
 checkpoints of the same model (weight averaging along one run, e.g. an earlier and a
-later checkpoint); the folder keeps SRC's iteration and config. vqvae: the weights and constructor config of a vqvae.train checkpoint,
-without optimizer and RNG state (fp32: nearest-code search is sensitive to rounding).
+later checkpoint); the folder keeps SRC's iteration and config.
+vqvae: the weights and constructor config of a vqvae.train checkpoint, without optimizer
+and RNG state (fp32: nearest-code search is sensitive to rounding).
 Every file is written atomically.
 """
 from __future__ import annotations
