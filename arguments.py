@@ -204,6 +204,17 @@ def add_text_generate_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--temperature", type=float, default=1.0)
     group.add_argument("--top_p", type=float, default=0.0)
     group.add_argument("--top_k", type=int, default=0)
+    group.add_argument("--guidance-scale", type=float, default=0.0,
+                       help="(new) text2image and image2text: classifier-free guidance against "
+                            "the checkpoint's own unconditional prior (logits + s * (logits - "
+                            "prior)); needs a model trained on both directions, like the demo "
+                            "model. 0 = off (the original's sampling); unset, a value the "
+                            "checkpoint's model_config.json records for the task is used")
+    group.add_argument("--caption-rerank", action=argparse.BooleanOptionalAction, default=None,
+                       help="(new) image2text: print each image's sampled captions ranked by "
+                            "log p(image | caption), best first (the text->image direction of a "
+                            "model trained on both, like the demo model); unset, the checkpoint's "
+                            "model_config.json decides (off when it says nothing)")
     group.add_argument("--generation-task", type=str, default="text2image",
                        choices=GENERATION_TASKS, help="what task to run")
     group.add_argument("--input-source", type=str, default="interactive",

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from arch import CheckpointError
 from arguments import get_args
-from generation import SamplingConfig, TokenLayout, generate_in_chunks, inverse_prompt_score, magnify
+from generation import (Guidance, SamplingConfig, TokenLayout, generate_in_chunks, image_given_text_score,
+                        inverse_prompt_score, magnify)
 from generation.magnify import pad_query_text, sr_middle_tokens, sr_window
 from generation.model_setup import apply_checkpoint_config, load_generation_model
 from generation.outputs import first_sentence, save_debug_grid, save_samples, to_side
@@ -60,17 +61,29 @@ class Generator:
             check_positions(ids, self.tokenizer["[ROI2]"], self.max_positions)
         return ids
 
+    def guidance(self, ids: List[int], task: str) -> Optional[Guidance]:
+        """--guidance-scale (else the checkpoint's value for ``task``) for a text2image /
+        image2text query, None when off. The prior is the query with its condition cut
+        off, as the model saw such rows in training: an image-first row starts at
+        ``[size] [BOI1]``, a text-first row at ``[ROI1]``."""
+        scale = getattr(self.args, "task_guidance_scale", {}).get(task, self.args.guidance_scale)
+        if not scale or task not in ("text2image", "image2text"):
+            return None
+        if task == "text2image":
+            return Guidance(scale, start=ids.index(self.tokenizer["[BOI1]"]) - 1)  # the size token
+        return Guidance(scale, start=ids.index(self.tokenizer["[ROI1]"]))
+
     def sample(self, ids: List[int], batch_size: Optional[int] = None, desc: str = "",
-               config: Optional[SamplingConfig] = None) -> torch.Tensor:
+               config: Optional[SamplingConfig] = None, guidance: Optional[Guidance] = None) -> torch.Tensor:
         """``batch_size`` samples of ``ids`` (-1 = to generate); ``config`` overrides the flags'
-        temperature / top-k / top-p."""
+        temperature / top-k / top-p; ``guidance`` (from ``self.guidance``) steers them."""
         n = batch_size or self.args.batch_size
         bar = tqdm(total=count_to_generate(ids) * n, desc=desc or "tokens", unit="tok", leave=False,
                    mininterval=1.0, file=sys.stderr)
         try:
             return generate_in_chunks(self.model, ids, n, self.args.max_inference_batch_size, self.layout,
                                       config=config or self.config, device=self.device, sampler=self.args.sampler,
-                                      generator=self.generator, on_token=bar.update)
+                                      generator=self.generator, on_token=bar.update, guidance=guidance)
         finally:
             bar.close()
 
@@ -101,7 +114,7 @@ class Generator:
     def text2image(self, query: Query) -> None:
         ids = self.parse(task_template("text2image", self.grid).format(query.fields[0]))
         start = time.time()
-        seqs = self.sample(ids, desc=f"line {query.line_number}")
+        seqs = self.sample(ids, desc=f"line {query.line_number}", guidance=self.guidance(ids, "text2image"))
         images = [self.last_image(s) for s in seqs]
         where = self.save(query, images)
         self.report(query, len(images), time.time() - start, where)
@@ -109,13 +122,34 @@ class Generator:
     def image2text(self, query: Query) -> None:
         ids = self.parse(task_template("image2text", self.grid).format(query.fields[0]))
         start = time.time()
-        seqs = self.sample(ids, desc=f"line {query.line_number}")
+        seqs = self.sample(ids, desc=f"line {query.line_number}", guidance=self.guidance(ids, "image2text"))
         roi1 = ids.index(self.tokenizer["[ROI1]"])
-        for k, seq in enumerate(seqs):
+        captions = []
+        for seq in seqs:
             texts, _ = self.tokenizer.DecodeIds(seq[roi1 + 1:].tolist())
-            caption = first_sentence(" ".join(t for t in texts if not t.startswith("[")))
+            captions.append(first_sentence(" ".join(t for t in texts if not t.startswith("["))))
+        if self.args.caption_rerank:
+            ranked = self.rank_captions(ids, captions)
+            captions = [c for _, c in ranked]
+            print(f"line {query.line_number}: ranked by log p(image | caption): "
+                  + ", ".join(f"{score:.2f}" for score, _ in ranked), flush=True)
+        for k, caption in enumerate(captions):
             print(f"line {query.line_number} sample {k}: {caption}", flush=True)
         print(f"line {query.line_number}: {len(seqs)} caption(s) in {time.time() - start:.1f}s", flush=True)
+
+    def rank_captions(self, query_ids: List[int], captions: List[str]) -> List[Tuple[float, str]]:
+        """(log p(image | caption), caption) pairs, best first; the image is the codes of an
+        image2text query, scored as a text->image row ``[ROI1] caption [size] [BOI1] codes``."""
+        t = self.tokenizer
+        boi, eoi = query_ids.index(t["[BOI1]"]), query_ids.index(t["[EOI1]"])
+        size, codes = query_ids[boi - 1], query_ids[boi + 1:eoi]
+        rows = [[t["[ROI1]"], *t.EncodeAsIds(c), size, t["[BOI1]"], *codes] for c in captions]
+        longest = max(len(r) for r in rows)
+        if longest > self.max_positions:
+            raise QueryError(f"a caption is too long to rank: {longest} positions, the model has "
+                             f"{self.max_positions}; pass --no-caption-rerank")
+        scores = image_given_text_score(self.model, rows, t["[BOI1]"], t.num_image_tokens)
+        return sorted(zip(scores.tolist(), captions), key=lambda pair: -pair[0])
 
     def low_level_sequences(self, text: str, path: str, batch_size: Optional[int] = None,
                             desc: str = "") -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Turn a training checkpoint into a small release folder (what pretrained/ ships).
 
     python -m arch.export_release gpt SRC DST [--dtype float16] [--average OTHER ...] \
-        [--img-tokenizer-path VQVAE.pt] [--txt-tokenizer-path TOK.model]
+        [--img-tokenizer-path VQVAE.pt] [--txt-tokenizer-path TOK.model] [--guidance-scale TASK=S ...] \
+        [--caption-rerank]
     python -m arch.export_release vqvae SRC.pt DST.pt
 
 gpt: reads the tracked iteration of SRC (the original layout), keeps only the weights
@@ -10,7 +11,11 @@ gpt: reads the tracked iteration of SRC (the original layout), keeps only the we
 model_config.json with tokenizer paths rewritten relative to DST (or replaced by the
 given ones). --average (repeatable) ships the mean of SRC's weights and those of other
 checkpoints of the same model (weight averaging along one run, e.g. an earlier and a
-later checkpoint); the folder keeps SRC's iteration and config.
+later checkpoint); the folder keeps SRC's iteration and config. --guidance-scale
+(repeatable) records generate_samples.py's --guidance-scale default for a task
+(text2image, image2text) as measured for this model, in model_config.json;
+--caption-rerank records that image2text ranks its captions by log p(image | caption)
+by default (both only for a model trained on both directions).
 vqvae: the weights and constructor config of a vqvae.train checkpoint, without optimizer
 and RNG state (fp32: nearest-code search is sensitive to rounding).
 Every file is written atomically.
@@ -21,7 +26,7 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -33,7 +38,8 @@ CONFIG = "model_config.json"
 
 
 def export_gpt(src: str, dst: str, dtype: str = "float16", img_tokenizer_path: Optional[str] = None,
-               txt_tokenizer_path: Optional[str] = None, average: Sequence[str] = ()) -> str:
+               txt_tokenizer_path: Optional[str] = None, average: Sequence[str] = (),
+               guidance_scale: Optional[Dict[str, float]] = None, caption_rerank: bool = False) -> str:
     tag, _ = read_tracker(src)
     if tag is None:
         raise CheckpointError(f"{src}: no latest_checkpointed_iteration.txt; nothing to export")
@@ -55,6 +61,10 @@ def export_gpt(src: str, dst: str, dtype: str = "float16", img_tokenizer_path: O
             if not os.path.exists(value):
                 raise CheckpointError(f"{key} {value}: no such file")
             config[key] = os.path.relpath(os.path.abspath(value), os.path.abspath(dst))
+    if guidance_scale:
+        config["guidance_scale"] = {**config.get("guidance_scale", {}), **guidance_scale}
+    if caption_rerank:
+        config["caption_rerank"] = True
     file = save_checkpoint(dst, tag, cast)
     write_text_atomic(os.path.join(dst, CONFIG), json.dumps(config, indent=1) + "\n")
     return file
@@ -94,6 +104,17 @@ def export_vqvae(src: str, dst: str) -> str:
     return dst
 
 
+def task_scale(text: str) -> Tuple[str, float]:
+    """``image2text=0.5`` -> ("image2text", 0.5)."""
+    task, _, value = text.partition("=")
+    if task not in ("text2image", "image2text"):
+        raise argparse.ArgumentTypeError(f"{text!r}: use text2image=S or image2text=S")
+    try:
+        return task, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: S must be a number, e.g. image2text=0.5") from None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m arch.export_release", description=__doc__.split("\n\n")[0])
     p.add_argument("kind", choices=["gpt", "vqvae"])
@@ -104,13 +125,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="gpt: average SRC's weights with this checkpoint's (repeatable)")
     p.add_argument("--img-tokenizer-path")
     p.add_argument("--txt-tokenizer-path")
+    p.add_argument("--guidance-scale", action="append", default=[], metavar="TASK=S", type=task_scale,
+                   help="gpt: the --guidance-scale generation uses for TASK by default (repeatable)")
+    p.add_argument("--caption-rerank", action="store_true",
+                   help="gpt: image2text ranks captions by log p(image | caption) by default")
     a = p.parse_args(argv)
     try:
         if a.kind == "gpt":
-            out = export_gpt(a.src, a.dst, a.dtype, a.img_tokenizer_path, a.txt_tokenizer_path, a.average)
+            out = export_gpt(a.src, a.dst, a.dtype, a.img_tokenizer_path, a.txt_tokenizer_path, a.average,
+                             dict(a.guidance_scale), a.caption_rerank)
         else:
-            if a.average:
-                p.error("--average is for gpt exports")
+            if a.average or a.guidance_scale or a.caption_rerank:
+                p.error("--average, --guidance-scale and --caption-rerank are for gpt exports")
             out = export_vqvae(a.src, a.dst)
     except (CheckpointError, OSError, ValueError) as exc:
         print(f"export_release: error: {exc}", file=sys.stderr)

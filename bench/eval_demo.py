@@ -46,6 +46,7 @@ from data_utils.shapes_checker import check_image
 from generation.queries import size_token
 
 LANGUAGES = ("en", "zh")
+RANKED_CAPTIONS = 8  # image2text.sh's BATCH_SIZE
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -129,7 +130,8 @@ class Demo:
     def text2image(self, prompt: str, n: int) -> List[np.ndarray]:
         from generation.queries import task_template
         ids = self.gen.parse(task_template("text2image", self.gen.grid).format(prompt))
-        return [_to_uint8(self.gen.last_image(s)) for s in self.gen.sample(ids, batch_size=n)]
+        seqs = self.gen.sample(ids, batch_size=n, guidance=self.gen.guidance(ids, "text2image"))
+        return [_to_uint8(self.gen.last_image(s)) for s in seqs]
 
     def caption(self, codes: Sequence[int], top_k: Optional[int] = None) -> str:
         """One caption; ``top_k`` overrides the sampler's (1: the most likely caption)."""
@@ -139,9 +141,24 @@ class Demo:
         size = t.command_tokens[size_token(self.gen.grid)]
         ids = [size, t["[BOI1]"], *codes, t["[EOI1]"], t["[ROI1]"]] + [-1] * CAPTION_LENGTH
         config = None if top_k is None else dataclasses.replace(self.gen.config, top_k=top_k)
-        seq = self.gen.sample(ids, batch_size=1, config=config)[0]
+        seq = self.gen.sample(ids, batch_size=1, config=config, guidance=self.gen.guidance(ids, "image2text"))[0]
         texts, _ = t.DecodeIds(seq[len(ids) - CAPTION_LENGTH:].tolist())
         return first_sentence(" ".join(x for x in texts if not x.startswith("[")))
+
+    def ranked_caption(self, codes: Sequence[int], n: int) -> str:
+        """The first caption image2text.sh prints with --caption-rerank: the best of ``n``
+        sampled (guided as the checkpoint says) by log p(image | caption)."""
+        from generation.queries import CAPTION_LENGTH
+        t = self.tok
+        size = t.command_tokens[size_token(self.gen.grid)]
+        ids = [size, t["[BOI1]"], *codes, t["[EOI1]"], t["[ROI1]"]] + [-1] * CAPTION_LENGTH
+        seqs = self.gen.sample(ids, batch_size=n, guidance=self.gen.guidance(ids, "image2text"))
+        from generation.outputs import first_sentence
+        captions = []
+        for seq in seqs:
+            texts, _ = t.DecodeIds(seq[len(ids) - CAPTION_LENGTH:].tolist())
+            captions.append(first_sentence(" ".join(x for x in texts if not x.startswith("["))))
+        return self.gen.rank_captions(ids, captions)[0][1]
 
     def scores(self, codes: Sequence[Sequence[int]], text: str) -> List[float]:
         from generation.post_selection import inverse_prompt_score
@@ -158,6 +175,11 @@ def evaluate(args) -> dict:
                      "top_k": args.top_k, "caption_top_k": args.caption_top_k}
     demo = Demo(args.model, ["--temperature", str(args.temperature), "--top_k", str(args.top_k),
                              "--seed", str(args.seed), "--max-inference-batch-size", "8"])
+    # --guidance-scale per task: the checkpoint's model_config.json values unless --guidance overrides
+    scales = dict(getattr(demo.gen.args, "task_guidance_scale", {}))
+    scales.update(dict(args.guidance))
+    demo.gen.args.task_guidance_scale = scales
+    results["guidance_scale"] = {task: scales.get(task, 0.0) for task in ("text2image", "image2text")}
 
     results["vqvae_ceiling"] = _vqvae_ceiling(demo, scenes)
 
@@ -167,6 +189,8 @@ def evaluate(args) -> dict:
     # scores the target; one caption sampled like the images is reported beside it
     (results["image2text"], results["image2text_sampled"],
      results["image2text_examples"]) = _image2text_rates(demo, scenes, args.caption_top_k, sampled=True)
+    # what image2text.sh prints first: 8 sampled captions ranked by log p(image | caption)
+    results["image2text_ranked"] = _ranked_caption_rates(demo, scenes, RANKED_CAPTIONS)
 
     # post-selection: best of 8 by the caption likelihood vs a random pick
     best, rand = [], []
@@ -240,6 +264,17 @@ def _image2text_rates(demo: Demo, scenes: Dict[str, List[Scene]], top_k: Optiona
             examples)
 
 
+def _ranked_caption_rates(demo: Demo, scenes: Dict[str, List[Scene]], n: int) -> dict:
+    """Caption rates of the best of ``n`` sampled captions by log p(image | caption)."""
+    size = demo.gen.args.img_size
+    flags = defaultdict(list)
+    for kind, group in scenes.items():
+        for s in group:
+            text = demo.ranked_caption(demo.encode(render(s, size)), n)
+            flags[kind].append(caption_flags(s, parse_caption(text.rstrip(".。"))))
+    return {k: _rate(v) for k, v in flags.items()}
+
+
 def evaluate_super_resolution(args, scenes: Dict[str, List[Scene]]) -> dict:
     """PSNR against the render at twice the size: magnify vs bicubic (of the true low-res
     render, and of the decoded low-res codes, which is what magnify sees) vs the VQ-VAE's
@@ -297,6 +332,10 @@ def _low_level_psnr(sr: Demo, group: List[Scene], size: int) -> dict:
             "seconds_per_image": round(secs / len(group), 2)}
 
 
+def _guidance_words(scales: Dict[str, float]) -> str:
+    return ", ".join(f"{task} {scales.get(task, 0.0) or 'off'}" for task in ("text2image", "image2text"))
+
+
 def report(results: dict) -> str:
     t2i, i2t, ps = results["text2image"], results["image2text"], results["post_selection"]
     ceil = results["vqvae_ceiling"]
@@ -304,7 +343,8 @@ def report(results: dict) -> str:
         f"Held-out prompts: {results['prompts_per_kind']} one-object and {results['prompts_per_kind']} "
         "two-object scenes, each containing a (colour, shape) pair never trained on; English and "
         "Chinese prompts alternate. Checker: data_utils/shapes_checker.py. Images sampled at "
-        f"temperature {results['temperature']}, top-k {results['top_k']}; a two-object "
+        f"temperature {results['temperature']}, top-k {results['top_k']}; --guidance-scale "
+        f"{_guidance_words(results.get('guidance_scale', {}))}; a two-object "
         "caption may name either object first (\"a blue circle below a red star\" is \"a red star "
         "above a blue circle\").",
         "",
@@ -322,6 +362,13 @@ def report(results: dict) -> str:
     how = "the most likely caption (top-k 1)" if k == 1 else f"top-k {k}"
     lines.append(f"| image2text: every attribute, one object, {how} | >= 90% | {i2t['one']['all']}% | - |")
     lines.append(f"| image2text: every attribute, two objects, {how} | >= 90% | {i2t['two']['all']}% | - |")
+    if "image2text_ranked" in results:
+        rk = results["image2text_ranked"]
+        for kind, words in (("one", "one object"), ("two", "two objects")):
+            part = "shape" if kind == "one" else "shapes"
+            lines.append(f"| image2text: every attribute, {words}, the best of {RANKED_CAPTIONS} sampled "
+                         f"captions by log p(image given caption) (`--caption-rerank`: image2text.sh's "
+                         f"first caption) | >= 90% | {rk[kind]['all']}% ({part} {rk[kind][part]}%) | - |")
     lines.append(f"| image2text: every attribute, one / two objects, a sampled caption (temperature "
                  f"{results['temperature']}, top-k {results['top_k']}; no target) | - | "
                  f"{i2s['one']['all']}% / {i2s['two']['all']}% | - |")
@@ -385,6 +432,7 @@ def write_picture(model: str, prompts_file: str, out: str, per_prompt: int = 4, 
 
 
 def main(argv=None) -> int:
+    from arch.export_release import task_scale
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=os.path.join(ROOT, "pretrained/cogview/cogview-demo"))
     p.add_argument("--sr-model", default=os.path.join(ROOT, "pretrained/cogview/cogview-demo-sr"))
@@ -397,6 +445,9 @@ def main(argv=None) -> int:
     p.add_argument("--top_k", type=int, default=20)
     p.add_argument("--caption-top-k", type=int, default=1,
                    help="top-k of the scored image2text captions (1: the most likely caption)")
+    p.add_argument("--guidance", action="append", default=[], metavar="TASK=S", type=task_scale,
+                   help="--guidance-scale for text2image or image2text instead of the checkpoint's "
+                        "(repeatable; 0 = off)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", help="also write the numbers to this file")
     p.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")

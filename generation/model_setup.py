@@ -58,6 +58,12 @@ def apply_checkpoint_config(args, argv: Optional[Iterable[str]] = None) -> Optio
             if key.endswith("_path") and value and not os.path.isabs(value):
                 value = os.path.normpath(os.path.join(args.load, value))
             setattr(args, key, value)
+    # --guidance-scale per task as measured for this checkpoint, e.g. {"image2text": 0.5}
+    guidance = config.get("guidance_scale")
+    if isinstance(guidance, dict) and "guidance_scale" not in given:
+        args.task_guidance_scale = {str(k): float(v) for k, v in guidance.items()}
+    if "caption_rerank" in config and "caption_rerank" not in given:
+        args.caption_rerank = bool(config["caption_rerank"])
     return path
 
 

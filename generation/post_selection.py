@@ -29,3 +29,33 @@ def inverse_prompt_score(model, seq: torch.Tensor, roi1_id: int, num_image_token
     index = torch.arange(length - 1, device=seq.device)
     scored = index[None, :] >= start[:, None]
     return torch.where(scored, next_lp, torch.zeros_like(next_lp)).sum(dim=1)
+
+
+@torch.no_grad()
+def image_given_text_score(model, rows, boi_id: int, num_image_tokens: int) -> torch.Tensor:
+    """log p(image codes | text) for rows ``[ROI1] text [size] [BOI1] codes`` (new).
+
+    The text->image direction scores a caption by how well it predicts the image: the
+    reverse of ``inverse_prompt_score``, used to rank sampled captions (``--caption-rerank``).
+    Rows may differ in length (captions do); each is scored from its first [BOI1] to its
+    end, image ids only in the normalisation. Rows of one length share a forward pass.
+    """
+    rows = [list(map(int, r)) for r in rows]
+    scores = torch.zeros(len(rows))
+    by_length = {}
+    for i, r in enumerate(rows):
+        if boi_id not in r[:-1]:
+            raise ValueError("every row must contain [BOI1] followed by the image codes to score")
+        by_length.setdefault(len(r), []).append(i)
+    device = next(model.parameters()).device
+    for length, index in by_length.items():
+        seq = torch.tensor([rows[i] for i in index], device=device)
+        mask = torch.ones(1, 1, length, length, device=device).tril_()
+        pos = torch.arange(length, device=device).expand(len(index), -1)
+        logits, *_ = model(seq, pos, mask)
+        log_probs = F.log_softmax(logits[..., :num_image_tokens].float(), dim=-1)
+        next_lp = log_probs[:, :-1].gather(2, seq[:, 1:, None].clamp(max=num_image_tokens - 1)).squeeze(2)
+        start = (seq == boi_id).float().argmax(dim=1)  # first [BOI1]: codes follow it
+        scored = torch.arange(length - 1, device=device)[None, :] >= start[:, None]
+        scores[index] = torch.where(scored, next_lp, torch.zeros_like(next_lp)).sum(dim=1).cpu()
+    return scores

@@ -35,6 +35,7 @@ SR_BATCH=${SR_BATCH:-16}
 SR_LR=${SR_LR:-1e-3}
 SR_INIT=${SR_INIT:-}                    # start the super-resolution GPT from these weights instead of scratch
 SR_TEXT_LENGTH=${SR_TEXT_LENGTH:-20}    # super-resolution captions padded to this many tokens (0: not padded)
+CAPTION_GUIDANCE=${CAPTION_GUIDANCE:-0.5} # image2text --guidance-scale recorded with the base GPT (0: off)
 VQ_IMAGES=${VQ_IMAGES:-24000}
 VQ_DECODER_ITERS=${VQ_DECODER_ITERS:-4000}
 VQ_DECODER_IMAGES=${VQ_DECODER_IMAGES:-30000}
@@ -175,10 +176,13 @@ if want export; then
   say "export to $PRETRAINED_DIR/cogview"
   for name in cogview-demo cogview-demo-sr; do
     if [ -f "$CKPT/$name/latest_checkpointed_iteration.txt" ]; then
-      img_tokenizer=$VQVAE_BASE; [ "$name" = cogview-demo ] || img_tokenizer=$VQVAE
+      # the both-directions model captions with guidance and ranks them by log p(image | caption)
+      # (bench/RESULTS.md, "Caption guidance and ranking")
+      img_tokenizer=$VQVAE_BASE extra=(--guidance-scale "image2text=$CAPTION_GUIDANCE" --caption-rerank)
+      [ "$name" = cogview-demo ] || { img_tokenizer=$VQVAE; extra=(); }
       rm -rf "$PRETRAINED_DIR/cogview/$name"
       "$PYTHON" -m arch.export_release gpt "$CKPT/$name" "$PRETRAINED_DIR/cogview/$name" --dtype float16 \
-          --img-tokenizer-path "$img_tokenizer" --txt-tokenizer-path "$TOKENIZER.model"
+          --img-tokenizer-path "$img_tokenizer" --txt-tokenizer-path "$TOKENIZER.model" "${extra[@]}"
     fi
   done
 fi

@@ -124,9 +124,12 @@ def test_eval_script_runs_and_reports_every_measure(tmp_path):
                              "--train-prompts", "2", *sr, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     numbers = json.loads(out.read_text())
-    for key in ("vqvae_ceiling", "text2image", "image2text", "image2text_sampled", "post_selection",
-                "text2image_seconds_per_image"):
+    for key in ("vqvae_ceiling", "text2image", "image2text", "image2text_sampled", "image2text_ranked",
+                "post_selection", "text2image_seconds_per_image"):
         assert key in numbers
+    # the shipped config's caption settings are what the evaluation used
+    assert numbers["guidance_scale"] == {"text2image": 0.0, "image2text": 0.5}
+    assert 0 <= numbers["image2text_ranked"]["one"]["all"] <= 100
     assert 0 <= numbers["text2image"]["one"]["colour"] <= 100
     seen = numbers["training_split"]
     assert seen["prompts_per_kind"] == 2 and 0 <= seen["text2image"]["one"]["shape"] <= 100
@@ -134,3 +137,4 @@ def test_eval_script_runs_and_reports_every_measure(tmp_path):
     assert "training-split scenes (pairs seen in training; no target)" in result.stdout
     assert "| text2image one object: shape | >= 80% |" in result.stdout
     assert "| image2text: every attribute, one object, the most likely caption (top-k 1) | >= 90% |" in result.stdout
+    assert "sampled captions by log p(image given caption) (`--caption-rerank`" in result.stdout

@@ -126,8 +126,8 @@ def test_export_release(tmp_path, demo_tokenizer):
     vq = make_vqvae(str(tmp_path))
     ckpt = make_gpt_checkpoint(str(tmp_path), vq, demo_tokenizer)
     dst = str(tmp_path / "release" / "cogview-demo")
-    out = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", ckpt, dst, "--dtype", "float16"],
-                         cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", ckpt, dst, "--dtype", "float16",
+                          "--guidance-scale", "image2text=0.5", "--caption-rerank"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     state = load_checkpoint_state(dst)
     original = load_checkpoint_state(ckpt)
@@ -138,12 +138,17 @@ def test_export_release(tmp_path, demo_tokenizer):
     with open(os.path.join(dst, "model_config.json")) as f:
         config = json.load(f)
     assert os.path.samefile(os.path.join(dst, config["img_tokenizer_path"]), vq)
+    assert config["guidance_scale"] == {"image2text": 0.5} and config["caption_rerank"] is True
     # the exported folder drives generation without shape flags
     from arguments import get_args
     from generation.model_setup import apply_checkpoint_config
     args = get_args(["--load", dst])
     apply_checkpoint_config(args, ["--load", dst])
-    assert args.num_layers == 2 and args.hidden_size == 32
+    assert args.num_layers == 2 and args.hidden_size == 32 and args.task_guidance_scale == {"image2text": 0.5}
+    assert args.caption_rerank is True
+    bad_scale = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", ckpt, str(tmp_path / "out"),
+                                "--guidance-scale", "captions=1"], cwd=ROOT, capture_output=True, text=True)
+    assert bad_scale.returncode == 2 and "image2text=S" in bad_scale.stderr and not os.path.exists(tmp_path / "out")
     # a bad source gives one line and no output
     bad = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", str(tmp_path / "nope"),
                           str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)
@@ -243,6 +248,8 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     with open(pre / "cogview" / "cogview-demo" / "model_config.json") as f:
         config = json.load(f)
     assert config["img_size"] == 64 and config["num_layers"] == 8 and config["max_position_embeddings"] == 96
+    assert config["guidance_scale"] == {"image2text": 0.5} and "guidance_scale" not in sr_config  # CAPTION_GUIDANCE
+    assert config["caption_rerank"] is True and "caption_rerank" not in sr_config
     assert os.path.samefile(os.path.join(pre, "cogview", "cogview-demo", config["txt_tokenizer_path"]),
                             pre / "text_tokenizer" / "shapes.model")
     assert os.path.samefile(pre / "cogview" / "cogview-demo" / config["img_tokenizer_path"],

@@ -57,6 +57,37 @@ def test_image2text_prints_captions(assets, tmp_path, capsys):
     assert code == 0 and "line 1 sample 0:" in out and "line 1 sample 1:" in out
 
 
+
+def test_caption_rerank_prints_captions_best_first(assets, tmp_path, capsys, monkeypatch):
+    """--caption-rerank prints the sampled captions ranked by log p(image | caption) of the
+    query's own codes; scores descend and the captions are the unranked ones reordered."""
+    import re
+    code, _ = run(assets, tmp_path, "image2text", [assets["images"][0]], "--batch-size", "4")
+    plain = re.findall(r"^line 1 sample \d: (.*)$", capsys.readouterr().out, re.M)
+    calls = []
+    real = generate_samples.Generator.rank_captions
+
+    def spy(self, ids, caps):
+        calls.append((self, list(ids), real(self, ids, caps)))
+        return calls[-1][2]
+    monkeypatch.setattr(generate_samples.Generator, "rank_captions", spy)
+    code2, _ = run(assets, tmp_path, "image2text", [assets["images"][0]], "--batch-size", "4", "--caption-rerank")
+    out = capsys.readouterr().out
+    ranked = re.findall(r"^line 1 sample \d: (.*)$", out, re.M)
+    scores = [float(x) for x in re.search(r"^line 1: ranked by log p\(image \| caption\): (.*)$", out, re.M)
+              .group(1).split(", ")]
+    assert code == code2 == 0 and len(ranked) == 4 and sorted(ranked) == sorted(plain)
+    assert scores == sorted(scores, reverse=True)
+    # each score is log p(codes | caption) of the query's own image codes
+    from generation import image_given_text_score
+    gen, ids, pairs = calls[0]
+    t = gen.tokenizer
+    codes = ids[ids.index(t["[BOI1]"]) + 1:ids.index(t["[EOI1]"])]
+    assert len(codes) == 64 and [c for _, c in pairs] == ranked
+    rows = [[t["[ROI1]"], *t.EncodeAsIds(c), t["[TINY]"], t["[BOI1]"], *codes] for c in ranked]
+    expected = image_given_text_score(gen.model, rows, t["[BOI1]"], t.num_image_tokens).tolist()
+    assert scores == pytest.approx(expected, abs=0.01)
+
 def test_post_selection_scores_file(assets, tmp_path):
     line = "a red circle\t" + "\t".join(assets["images"])
     code, out = run(assets, tmp_path, "post-selection", [line])
@@ -131,6 +162,47 @@ def test_sr_text_length_comes_from_model_config(assets, tmp_path, monkeypatch):
     tok = UnifiedTokenizer(assets["vqvae"], assets["sp"])
     assert code == 0 and len(fed) == 1
     assert fed[0].index(tok["[BOI1]"]) == 26 and fed[0][1 + len(tok.EncodeAsIds("a red circle"))] == tok["[PAD]"]
+
+
+
+@pytest.mark.parametrize("task,line,flag,expected", [
+    ("image2text", "IMAGE", [], 1.0),                                 # the checkpoint's value for the task
+    ("text2image", "a red circle", [], None),                         # none recorded for this task: off
+    ("image2text", "IMAGE", ["--guidance-scale", "0.25"], 0.25),      # the flag wins
+    ("text2image", "a red circle", ["--guidance-scale", "2"], 2.0),
+])
+def test_guidance_scale_per_task_from_model_config(assets, tmp_path, monkeypatch, task, line, flag, expected):
+    """model_config.json's {"guidance_scale": {task: s}} sets --guidance-scale per task;
+    the prior starts at the size token (text2image) or [ROI1] (image2text)."""
+    import json
+    import shutil
+    ckpt = str(tmp_path / "guided_ckpt")
+    shutil.copytree(assets["ckpt"], ckpt)
+    config_path = os.path.join(ckpt, "model_config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    for key in ("img_tokenizer_path", "txt_tokenizer_path"):
+        config[key] = os.path.relpath(os.path.join(assets["ckpt"], config[key]), ckpt)
+    config["guidance_scale"] = {"image2text": 1.0}
+    with open(config_path, "w") as f:
+        json.dump(config, f)
+    seen = []
+    real = generate_samples.generate_in_chunks
+    monkeypatch.setattr(generate_samples, "generate_in_chunks",
+                        lambda model, ids, *a, **k: seen.append((list(ids), k.get("guidance"))) or real(model, ids, *a, **k))
+    line = assets["images"][0] if line == "IMAGE" else line
+    code, _ = run(dict(assets, ckpt=ckpt), tmp_path, task, [line], "--batch-size", "2", *flag)
+    assert code == 0 and len(seen) == 1
+    ids, guidance = seen[0]
+    if expected is None:
+        assert guidance is None
+    else:
+        from data_utils.unified_tokenizer import UnifiedTokenizer
+        tok = UnifiedTokenizer(assets["vqvae"], assets["sp"])
+        # [ROI1] text | [TINY] [BOI1] codes;  [TINY] [BOI1] 64 codes [EOI1] | [ROI1] caption
+        first = 1 + len(tok.EncodeAsIds(line)) if task == "text2image" else 2 + 64 + 1
+        assert ids[first] == (tok["[TINY]"] if task == "text2image" else tok["[ROI1]"])
+        assert (guidance.scale, guidance.start, list(guidance.prefix)) == (expected, first, [])
 
 
 def test_sr_text_length_refuses_a_longer_caption(assets, tmp_path, capsys):
