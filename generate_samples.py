@@ -123,11 +123,7 @@ class Generator:
         ids = self.parse(task_template("image2text", self.grid).format(query.fields[0]))
         start = time.time()
         seqs = self.sample(ids, desc=f"line {query.line_number}", guidance=self.guidance(ids, "image2text"))
-        roi1 = ids.index(self.tokenizer["[ROI1]"])
-        captions = []
-        for seq in seqs:
-            texts, _ = self.tokenizer.DecodeIds(seq[roi1 + 1:].tolist())
-            captions.append(first_sentence(" ".join(t for t in texts if not t.startswith("["))))
+        captions = self.captions(ids, seqs)
         if self.args.caption_rerank:
             ranked = self.rank_captions(ids, captions)
             captions = [c for _, c in ranked]
@@ -136,6 +132,16 @@ class Generator:
         for k, caption in enumerate(captions):
             print(f"line {query.line_number} sample {k}: {caption}", flush=True)
         print(f"line {query.line_number}: {len(seqs)} caption(s) in {time.time() - start:.1f}s", flush=True)
+
+    def captions(self, query_ids: List[int], seqs: torch.Tensor) -> List[str]:
+        """The caption of each sampled image2text sequence: the text after [ROI1] up to its
+        first sentence end."""
+        roi1 = query_ids.index(self.tokenizer["[ROI1]"])
+        captions = []
+        for seq in seqs:
+            texts, _ = self.tokenizer.DecodeIds(seq[roi1 + 1:].tolist())
+            captions.append(first_sentence(" ".join(t for t in texts if not t.startswith("["))))
+        return captions
 
     def rank_captions(self, query_ids: List[int], captions: List[str]) -> List[Tuple[float, str]]:
         """(log p(image | caption), caption) pairs, best first; the image is the codes of an

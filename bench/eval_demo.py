@@ -133,32 +133,25 @@ class Demo:
         seqs = self.gen.sample(ids, batch_size=n, guidance=self.gen.guidance(ids, "text2image"))
         return [_to_uint8(self.gen.last_image(s)) for s in seqs]
 
-    def caption(self, codes: Sequence[int], top_k: Optional[int] = None) -> str:
-        """One caption; ``top_k`` overrides the sampler's (1: the most likely caption)."""
-        from generation.outputs import first_sentence
+    def _caption_query(self, codes: Sequence[int]) -> List[int]:
         from generation.queries import CAPTION_LENGTH
         t = self.tok
         size = t.command_tokens[size_token(self.gen.grid)]
-        ids = [size, t["[BOI1]"], *codes, t["[EOI1]"], t["[ROI1]"]] + [-1] * CAPTION_LENGTH
+        return [size, t["[BOI1]"], *codes, t["[EOI1]"], t["[ROI1]"]] + [-1] * CAPTION_LENGTH
+
+    def caption(self, codes: Sequence[int], top_k: Optional[int] = None) -> str:
+        """One caption; ``top_k`` overrides the sampler's (1: the most likely caption)."""
+        ids = self._caption_query(codes)
         config = None if top_k is None else dataclasses.replace(self.gen.config, top_k=top_k)
-        seq = self.gen.sample(ids, batch_size=1, config=config, guidance=self.gen.guidance(ids, "image2text"))[0]
-        texts, _ = t.DecodeIds(seq[len(ids) - CAPTION_LENGTH:].tolist())
-        return first_sentence(" ".join(x for x in texts if not x.startswith("[")))
+        seqs = self.gen.sample(ids, batch_size=1, config=config, guidance=self.gen.guidance(ids, "image2text"))
+        return self.gen.captions(ids, seqs)[0]
 
     def ranked_caption(self, codes: Sequence[int], n: int) -> str:
         """The first caption image2text.sh prints with --caption-rerank: the best of ``n``
         sampled (guided as the checkpoint says) by log p(image | caption)."""
-        from generation.queries import CAPTION_LENGTH
-        t = self.tok
-        size = t.command_tokens[size_token(self.gen.grid)]
-        ids = [size, t["[BOI1]"], *codes, t["[EOI1]"], t["[ROI1]"]] + [-1] * CAPTION_LENGTH
+        ids = self._caption_query(codes)
         seqs = self.gen.sample(ids, batch_size=n, guidance=self.gen.guidance(ids, "image2text"))
-        from generation.outputs import first_sentence
-        captions = []
-        for seq in seqs:
-            texts, _ = t.DecodeIds(seq[len(ids) - CAPTION_LENGTH:].tolist())
-            captions.append(first_sentence(" ".join(x for x in texts if not x.startswith("["))))
-        return self.gen.rank_captions(ids, captions)[0][1]
+        return self.gen.rank_captions(ids, self.gen.captions(ids, seqs))[0][1]
 
     def scores(self, codes: Sequence[Sequence[int]], text: str) -> List[float]:
         from generation.post_selection import inverse_prompt_score

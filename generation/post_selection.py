@@ -1,6 +1,8 @@
 """Post-selection: rank images by the caption model's likelihood of the text."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -14,21 +16,11 @@ def inverse_prompt_score(model, seq: torch.Tensor, roi1_id: int, num_image_token
     in the original; higher is better.
     """
     seq = torch.as_tensor(seq)
-    n, length = seq.shape
     is_roi1 = seq == roi1_id
     if not bool(is_roi1.any(dim=1).all()):
         raise ValueError("every row must contain [ROI1] before the text to score")
     start = is_roi1.float().argmax(dim=1)  # first [ROI1] of each row
-    mask = torch.ones(1, 1, length, length, device=seq.device).tril_()
-    pos = torch.arange(length, device=seq.device).expand(n, -1)
-    logits, *_ = model(seq, pos, mask)
-    logits = logits.float()
-    logits[..., :num_image_tokens] = -float("inf")
-    log_probs = F.log_softmax(logits, dim=-1)
-    next_lp = log_probs[:, :-1].gather(2, seq[:, 1:, None]).squeeze(2)  # [n, L-1]
-    index = torch.arange(length - 1, device=seq.device)
-    scored = index[None, :] >= start[:, None]
-    return torch.where(scored, next_lp, torch.zeros_like(next_lp)).sum(dim=1)
+    return _sum_log_probs_after(model, seq, start, num_image_tokens, None)  # every id but the image ones
 
 
 @torch.no_grad()
@@ -48,14 +40,22 @@ def image_given_text_score(model, rows, boi_id: int, num_image_tokens: int) -> t
             raise ValueError("every row must contain [BOI1] followed by the image codes to score")
         by_length.setdefault(len(r), []).append(i)
     device = next(model.parameters()).device
-    for length, index in by_length.items():
+    for index in by_length.values():
         seq = torch.tensor([rows[i] for i in index], device=device)
-        mask = torch.ones(1, 1, length, length, device=device).tril_()
-        pos = torch.arange(length, device=device).expand(len(index), -1)
-        logits, *_ = model(seq, pos, mask)
-        log_probs = F.log_softmax(logits[..., :num_image_tokens].float(), dim=-1)
-        next_lp = log_probs[:, :-1].gather(2, seq[:, 1:, None].clamp(max=num_image_tokens - 1)).squeeze(2)
         start = (seq == boi_id).float().argmax(dim=1)  # first [BOI1]: codes follow it
-        scored = torch.arange(length - 1, device=device)[None, :] >= start[:, None]
-        scores[index] = torch.where(scored, next_lp, torch.zeros_like(next_lp)).sum(dim=1).cpu()
+        scores[index] = _sum_log_probs_after(model, seq, start, 0, num_image_tokens).cpu()
     return scores
+
+
+def _sum_log_probs_after(model, seq: torch.Tensor, start: torch.Tensor, lo: int, hi: Optional[int]) -> torch.Tensor:
+    """Per row, the summed log-probability of every token after position ``start`` given
+    what precedes it, normalised over the ids [lo, hi) (hi None: to the vocabulary's end)."""
+    n, length = seq.shape
+    mask = torch.ones(1, 1, length, length, device=seq.device).tril_()
+    pos = torch.arange(length, device=seq.device).expand(n, -1)
+    logits, *_ = model(seq, pos, mask)
+    log_probs = F.log_softmax(logits[..., lo:hi].float(), dim=-1)
+    targets = (seq[:, 1:, None] - lo).clamp(0, log_probs.size(-1) - 1)  # unscored positions may lie outside
+    next_lp = log_probs[:, :-1].gather(2, targets).squeeze(2)  # [n, L-1]
+    scored = torch.arange(length - 1, device=seq.device)[None, :] >= start[:, None]
+    return torch.where(scored, next_lp, torch.zeros_like(next_lp)).sum(dim=1)

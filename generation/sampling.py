@@ -35,12 +35,12 @@ class Guidance:
     original): each sampled token's logits become ``cond + scale * (cond - prior)``.
 
     The prior is the same model on ``prefix + seq[start:]``: the query with its condition
-    (``seq[:start]``) cut off. A GPT trained on both directions has such a prior for free: a text->image
-    row's image follows ``[ROI1] text [size] [BOI1]``, an image->text row starts
-    ``[size] [BOI1]``, so ``[size] [BOI1]`` is the image prior; likewise a caption
-    follows ``... [EOI1] [ROI1]`` in one and starts at ``[ROI1]`` in the other. Scaling
-    up what the condition adds over the prior favours what the condition says over what
-    is merely usual (a held-out colour/shape pair over a seen one).
+    (``seq[:start]``) cut off. A GPT trained on both directions has such a prior for
+    free: a text->image row's image follows ``[ROI1] text [size] [BOI1]``, an image->text
+    row starts ``[size] [BOI1]``, so ``[size] [BOI1]`` is the image prior; likewise a
+    caption follows ``... [EOI1] [ROI1]`` in one and starts at ``[ROI1]`` in the other.
+    Scaling up what the condition adds over the prior favours what the condition says
+    over what is merely usual (a held-out colour/shape pair over a seen one).
     """
 
     scale: float
