@@ -215,6 +215,10 @@ def add_text_generate_args(parser: argparse.ArgumentParser) -> None:
                             "log p(image | caption), best first (the text->image direction of a "
                             "model trained on both, like the demo model); unset, the checkpoint's "
                             "model_config.json decides (off when it says nothing)")
+    group.add_argument("--caption-rerank-weight", type=float, default=None, metavar="W",
+                       help="(new) image2text with --caption-rerank: rank by log p(image | caption) "
+                            "+ W * log p(caption | image) (noisy-channel reranking); unset, the "
+                            "checkpoint's model_config.json value, else 0")
     group.add_argument("--generation-task", type=str, default="text2image",
                        choices=GENERATION_TASKS, help="what task to run")
     group.add_argument("--input-source", type=str, default="interactive",

@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from arch import CheckpointError
 from arguments import get_args
-from generation import (Guidance, SamplingConfig, TokenLayout, generate_in_chunks, image_given_text_score,
-                        inverse_prompt_score, magnify)
+from generation import (Guidance, SamplingConfig, TokenLayout, caption_given_image_score, generate_in_chunks,
+                        image_given_text_score, inverse_prompt_score, magnify)
 from generation.magnify import pad_query_text, sr_middle_tokens, sr_window
 from generation.model_setup import apply_checkpoint_config, load_generation_model
 from generation.outputs import first_sentence, save_debug_grid, save_samples, to_side
@@ -127,7 +127,9 @@ class Generator:
         if self.args.caption_rerank:
             ranked = self.rank_captions(ids, captions)
             captions = [c for _, c in ranked]
-            print(f"line {query.line_number}: ranked by log p(image | caption): "
+            weight = self.caption_rerank_weight()
+            score = "log p(image | caption)" + (f" + {weight:g} log p(caption | image)" if weight else "")
+            print(f"line {query.line_number}: ranked by {score}: "
                   + ", ".join(f"{score:.2f}" for score, _ in ranked), flush=True)
         for k, caption in enumerate(captions):
             print(f"line {query.line_number} sample {k}: {caption}", flush=True)
@@ -144,18 +146,34 @@ class Generator:
         return captions
 
     def rank_captions(self, query_ids: List[int], captions: List[str]) -> List[Tuple[float, str]]:
-        """(log p(image | caption), caption) pairs, best first; the image is the codes of an
-        image2text query, scored as a text->image row ``[ROI1] caption [size] [BOI1] codes``."""
+        """(score, caption) pairs, best first: score = log p(image | caption) + w log p(caption |
+        image), w = --caption-rerank-weight (0: the first term alone). The image is the codes
+        of an image2text query; the first term scores the text->image row ``[ROI1] caption
+        [size] [BOI1] codes``, the second the query's own image->text row with the caption.
+
+        Why both (noisy-channel reranking): log p(image | caption) favours captions that name
+        what the image shows, but also odd ones the model finds unlikely a priori; the caption
+        likelihood keeps them fluent. Measured on the demo model in bench/RESULTS.md."""
         t = self.tokenizer
         boi, eoi = query_ids.index(t["[BOI1]"]), query_ids.index(t["[EOI1]"])
         size, codes = query_ids[boi - 1], query_ids[boi + 1:eoi]
-        rows = [[t["[ROI1]"], *t.EncodeAsIds(c), size, t["[BOI1]"], *codes] for c in captions]
-        longest = max(len(r) for r in rows)
+        texts = [t.EncodeAsIds(c) for c in captions]
+        image_rows = [[t["[ROI1]"], *ids, size, t["[BOI1]"], *codes] for ids in texts]
+        weight = self.caption_rerank_weight()
+        caption_rows = [query_ids[:eoi + 2] + ids for ids in texts] if weight else []  # ... [EOI1] [ROI1] caption
+        longest = max(len(r) for r in image_rows + caption_rows)
         if longest > self.max_positions:
             raise QueryError(f"a caption is too long to rank: {longest} positions, the model has "
                              f"{self.max_positions}; pass --no-caption-rerank")
-        scores = image_given_text_score(self.model, rows, t["[BOI1]"], t.num_image_tokens)
+        scores = image_given_text_score(self.model, image_rows, t["[BOI1]"], t.num_image_tokens)
+        if weight:
+            scores = scores + weight * caption_given_image_score(self.model, caption_rows, t["[ROI1]"],
+                                                                 t.num_image_tokens)
         return sorted(zip(scores.tolist(), captions), key=lambda pair: -pair[0])
+
+    def caption_rerank_weight(self) -> float:
+        """--caption-rerank-weight, else the checkpoint's model_config.json value, else 0."""
+        return float(getattr(self.args, "caption_rerank_weight", None) or 0.0)
 
     def low_level_sequences(self, text: str, path: str, batch_size: Optional[int] = None,
                             desc: str = "") -> torch.Tensor:

@@ -2,7 +2,7 @@
 
     python -m arch.export_release gpt SRC DST [--dtype float16] [--average OTHER ...] \
         [--img-tokenizer-path VQVAE.pt] [--txt-tokenizer-path TOK.model] [--guidance-scale TASK=S ...] \
-        [--caption-rerank]
+        [--caption-rerank] [--caption-rerank-weight W]
     python -m arch.export_release vqvae SRC.pt DST.pt
 
 gpt: reads the tracked iteration of SRC (the original layout), keeps only the weights
@@ -15,7 +15,8 @@ later checkpoint); the folder keeps SRC's iteration and config. --guidance-scale
 (repeatable) records generate_samples.py's --guidance-scale default for a task
 (text2image, image2text) as measured for this model, in model_config.json;
 --caption-rerank records that image2text ranks its captions by log p(image | caption)
-by default (both only for a model trained on both directions).
+by default, --caption-rerank-weight W that it adds W log p(caption | image) to that score
+(all three only for a model trained on both directions).
 vqvae: the weights and constructor config of a vqvae.train checkpoint, without optimizer
 and RNG state (fp32: nearest-code search is sensitive to rounding).
 Every file is written atomically.
@@ -39,7 +40,8 @@ CONFIG = "model_config.json"
 
 def export_gpt(src: str, dst: str, dtype: str = "float16", img_tokenizer_path: Optional[str] = None,
                txt_tokenizer_path: Optional[str] = None, average: Sequence[str] = (),
-               guidance_scale: Optional[Dict[str, float]] = None, caption_rerank: bool = False) -> str:
+               guidance_scale: Optional[Dict[str, float]] = None, caption_rerank: bool = False,
+               caption_rerank_weight: Optional[float] = None) -> str:
     tag, _ = read_tracker(src)
     if tag is None:
         raise CheckpointError(f"{src}: no latest_checkpointed_iteration.txt; nothing to export")
@@ -65,6 +67,8 @@ def export_gpt(src: str, dst: str, dtype: str = "float16", img_tokenizer_path: O
         config["guidance_scale"] = {**config.get("guidance_scale", {}), **guidance_scale}
     if caption_rerank:
         config["caption_rerank"] = True
+    if caption_rerank_weight is not None:
+        config["caption_rerank_weight"] = caption_rerank_weight
     file = save_checkpoint(dst, tag, cast)
     write_text_atomic(os.path.join(dst, CONFIG), json.dumps(config, indent=1) + "\n")
     return file
@@ -129,14 +133,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="gpt: the --guidance-scale generation uses for TASK by default (repeatable)")
     p.add_argument("--caption-rerank", action="store_true",
                    help="gpt: image2text ranks captions by log p(image | caption) by default")
+    p.add_argument("--caption-rerank-weight", type=float, metavar="W",
+                   help="gpt: ... + W log p(caption | image) (generate_samples.py's default)")
     a = p.parse_args(argv)
     try:
         if a.kind == "gpt":
             out = export_gpt(a.src, a.dst, a.dtype, a.img_tokenizer_path, a.txt_tokenizer_path, a.average,
-                             dict(a.guidance_scale), a.caption_rerank)
+                             dict(a.guidance_scale), a.caption_rerank, a.caption_rerank_weight)
         else:
-            if a.average or a.guidance_scale or a.caption_rerank:
-                p.error("--average, --guidance-scale and --caption-rerank are for gpt exports")
+            if a.average or a.guidance_scale or a.caption_rerank or a.caption_rerank_weight is not None:
+                p.error("--average, --guidance-scale and --caption-rerank(-weight) are for gpt exports")
             out = export_vqvae(a.src, a.dst)
     except (CheckpointError, OSError, ValueError) as exc:
         print(f"export_release: error: {exc}", file=sys.stderr)

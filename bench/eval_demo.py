@@ -148,7 +148,8 @@ class Demo:
 
     def ranked_caption(self, codes: Sequence[int], n: int) -> str:
         """The first caption image2text.sh prints with --caption-rerank: the best of ``n``
-        sampled (guided as the checkpoint says) by log p(image | caption)."""
+        sampled (guided as the checkpoint says) by log p(image | caption) + W log p(caption |
+        image), W the checkpoint's --caption-rerank-weight."""
         ids = self._caption_query(codes)
         seqs = self.gen.sample(ids, batch_size=n, guidance=self.gen.guidance(ids, "image2text"))
         return self.gen.rank_captions(ids, self.gen.captions(ids, seqs))[0][1]
@@ -173,6 +174,9 @@ def evaluate(args) -> dict:
     scales.update(dict(args.guidance))
     demo.gen.args.task_guidance_scale = scales
     results["guidance_scale"] = {task: scales.get(task, 0.0) for task in ("text2image", "image2text")}
+    if getattr(args, "caption_rerank_weight", None) is not None:
+        demo.gen.args.caption_rerank_weight = args.caption_rerank_weight
+    results["caption_rerank_weight"] = demo.gen.caption_rerank_weight()
 
     results["vqvae_ceiling"] = _vqvae_ceiling(demo, scenes)
 
@@ -182,7 +186,7 @@ def evaluate(args) -> dict:
     # scores the target; one caption sampled like the images is reported beside it
     (results["image2text"], results["image2text_sampled"],
      results["image2text_examples"]) = _image2text_rates(demo, scenes, args.caption_top_k, sampled=True)
-    # what image2text.sh prints first: 8 sampled captions ranked by log p(image | caption)
+    # what image2text.sh prints first: 8 sampled captions ranked as --caption-rerank(-weight) say
     results["image2text_ranked"] = _ranked_caption_rates(demo, scenes, RANKED_CAPTIONS)
 
     # post-selection: best of 8 by the caption likelihood vs a random pick
@@ -258,7 +262,7 @@ def _image2text_rates(demo: Demo, scenes: Dict[str, List[Scene]], top_k: Optiona
 
 
 def _ranked_caption_rates(demo: Demo, scenes: Dict[str, List[Scene]], n: int) -> dict:
-    """Caption rates of the best of ``n`` sampled captions by log p(image | caption)."""
+    """Caption rates of the best of ``n`` sampled captions as ``Generator.rank_captions`` ranks them."""
     size = demo.gen.args.img_size
     flags = defaultdict(list)
     for kind, group in scenes.items():
@@ -356,11 +360,12 @@ def report(results: dict) -> str:
     lines.append(f"| image2text: every attribute, one object, {how} | >= 90% | {i2t['one']['all']}% | - |")
     lines.append(f"| image2text: every attribute, two objects, {how} | >= 90% | {i2t['two']['all']}% | - |")
     if "image2text_ranked" in results:
-        rk = results["image2text_ranked"]
+        rk, weight = results["image2text_ranked"], results.get("caption_rerank_weight", 0.0)
+        score = "log p(image given caption)" + (f" + {weight:g} log p(caption given image)" if weight else "")
         for kind, words in (("one", "one object"), ("two", "two objects")):
             part = "shape" if kind == "one" else "shapes"
             lines.append(f"| image2text: every attribute, {words}, the best of {RANKED_CAPTIONS} sampled "
-                         f"captions by log p(image given caption) (`--caption-rerank`: image2text.sh's "
+                         f"captions by {score} (`--caption-rerank`: image2text.sh's "
                          f"first caption) | >= 90% | {rk[kind]['all']}% ({part} {rk[kind][part]}%) | - |")
     lines.append(f"| image2text: every attribute, one / two objects, a sampled caption (temperature "
                  f"{results['temperature']}, top-k {results['top_k']}; no target) | - | "
@@ -441,6 +446,8 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", action="append", default=[], metavar="TASK=S", type=task_scale,
                    help="--guidance-scale for text2image or image2text instead of the checkpoint's "
                         "(repeatable; 0 = off)")
+    p.add_argument("--caption-rerank-weight", type=float, metavar="W",
+                   help="--caption-rerank-weight of the ranked captions instead of the checkpoint's")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", help="also write the numbers to this file")
     p.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")

@@ -2,7 +2,7 @@
 post-selection scoring."""
 from .sampling import (Guidance, SamplingConfig, TokenLayout, filling_sequence, generate_in_chunks, top_k_logits)
 from .magnify import magnify, magnify_windows
-from .post_selection import image_given_text_score, inverse_prompt_score
+from .post_selection import caption_given_image_score, image_given_text_score, inverse_prompt_score
 
 __all__ = ["Guidance", "SamplingConfig", "TokenLayout", "filling_sequence", "generate_in_chunks", "top_k_logits",
            "magnify", "magnify_windows", "inverse_prompt_score", "image_given_text_score"]

@@ -64,6 +64,8 @@ def apply_checkpoint_config(args, argv: Optional[Iterable[str]] = None) -> Optio
         args.task_guidance_scale = {str(k): float(v) for k, v in guidance.items()}
     if "caption_rerank" in config and "caption_rerank" not in given:
         args.caption_rerank = bool(config["caption_rerank"])
+    if "caption_rerank_weight" in config and "caption_rerank_weight" not in given:
+        args.caption_rerank_weight = float(config["caption_rerank_weight"])
     return path
 
 

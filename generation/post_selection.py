@@ -1,7 +1,7 @@
 """Post-selection: rank images by the caption model's likelihood of the text."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -32,18 +32,31 @@ def image_given_text_score(model, rows, boi_id: int, num_image_tokens: int) -> t
     Rows may differ in length (captions do); each is scored from its first [BOI1] to its
     end, image ids only in the normalisation. Rows of one length share a forward pass.
     """
+    def score(seq: torch.Tensor) -> torch.Tensor:
+        if not bool((seq[:, :-1] == boi_id).any(dim=1).all()):
+            raise ValueError("every row must contain [BOI1] followed by the image codes to score")
+        start = (seq == boi_id).float().argmax(dim=1)  # first [BOI1]: codes follow it
+        return _sum_log_probs_after(model, seq, start, 0, num_image_tokens)
+    return _score_by_length(model, rows, score)
+
+
+@torch.no_grad()
+def caption_given_image_score(model, rows, roi1_id: int, num_image_tokens: int) -> torch.Tensor:
+    """``inverse_prompt_score`` (log p(text | image)) of rows that may differ in length,
+    as the sampled captions ``--caption-rerank-weight`` weighs do (new)."""
+    return _score_by_length(model, rows, lambda seq: inverse_prompt_score(model, seq, roi1_id, num_image_tokens))
+
+
+def _score_by_length(model, rows, score: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``score`` of each row, rows of one length stacked into one batch."""
     rows = [list(map(int, r)) for r in rows]
     scores = torch.zeros(len(rows))
-    by_length = {}
+    by_length: Dict[int, List[int]] = {}
     for i, r in enumerate(rows):
-        if boi_id not in r[:-1]:
-            raise ValueError("every row must contain [BOI1] followed by the image codes to score")
         by_length.setdefault(len(r), []).append(i)
     device = next(model.parameters()).device
     for index in by_length.values():
-        seq = torch.tensor([rows[i] for i in index], device=device)
-        start = (seq == boi_id).float().argmax(dim=1)  # first [BOI1]: codes follow it
-        scores[index] = _sum_log_probs_after(model, seq, start, 0, num_image_tokens).cpu()
+        scores[index] = score(torch.tensor([rows[i] for i in index], device=device)).float().cpu()
     return scores
 
 

@@ -36,6 +36,7 @@ SR_LR=${SR_LR:-1e-3}
 SR_INIT=${SR_INIT:-}                    # start the super-resolution GPT from these weights instead of scratch
 SR_TEXT_LENGTH=${SR_TEXT_LENGTH:-20}    # super-resolution captions padded to this many tokens (0: not padded)
 CAPTION_GUIDANCE=${CAPTION_GUIDANCE:-0.5} # image2text --guidance-scale recorded with the base GPT (0: off)
+CAPTION_RERANK_WEIGHT=${CAPTION_RERANK_WEIGHT:-3} # image2text --caption-rerank-weight recorded with it
 VQ_IMAGES=${VQ_IMAGES:-24000}
 VQ_DECODER_ITERS=${VQ_DECODER_ITERS:-4000}
 VQ_DECODER_IMAGES=${VQ_DECODER_IMAGES:-30000}
@@ -177,8 +178,10 @@ if want export; then
   for name in cogview-demo cogview-demo-sr; do
     if [ -f "$CKPT/$name/latest_checkpointed_iteration.txt" ]; then
       # the both-directions model captions with guidance and ranks them by log p(image | caption)
-      # (bench/RESULTS.md, "Caption guidance and ranking")
-      img_tokenizer=$VQVAE_BASE extra=(--guidance-scale "image2text=$CAPTION_GUIDANCE" --caption-rerank)
+      # + CAPTION_RERANK_WEIGHT log p(caption | image) (bench/RESULTS.md, "Caption guidance and ranking")
+      img_tokenizer=$VQVAE_BASE
+      extra=(--guidance-scale "image2text=$CAPTION_GUIDANCE" --caption-rerank
+             --caption-rerank-weight "$CAPTION_RERANK_WEIGHT")
       [ "$name" = cogview-demo ] || { img_tokenizer=$VQVAE; extra=(); }
       rm -rf "$PRETRAINED_DIR/cogview/$name"
       "$PYTHON" -m arch.export_release gpt "$CKPT/$name" "$PRETRAINED_DIR/cogview/$name" --dtype float16 \

@@ -129,6 +129,7 @@ def test_eval_script_runs_and_reports_every_measure(tmp_path):
         assert key in numbers
     # the shipped config's caption settings are what the evaluation used
     assert numbers["guidance_scale"] == {"text2image": 0.0, "image2text": 0.5}
+    assert numbers["caption_rerank_weight"] == 3
     assert 0 <= numbers["image2text_ranked"]["one"]["all"] <= 100
     assert 0 <= numbers["text2image"]["one"]["colour"] <= 100
     seen = numbers["training_split"]
@@ -137,4 +138,5 @@ def test_eval_script_runs_and_reports_every_measure(tmp_path):
     assert "training-split scenes (pairs seen in training; no target)" in result.stdout
     assert "| text2image one object: shape | >= 80% |" in result.stdout
     assert "| image2text: every attribute, one object, the most likely caption (top-k 1) | >= 90% |" in result.stdout
-    assert "sampled captions by log p(image given caption) (`--caption-rerank`" in result.stdout
+    assert ("sampled captions by log p(image given caption) + 3 log p(caption given image) (`--caption-rerank`"
+            in result.stdout)

@@ -127,7 +127,8 @@ def test_export_release(tmp_path, demo_tokenizer):
     ckpt = make_gpt_checkpoint(str(tmp_path), vq, demo_tokenizer)
     dst = str(tmp_path / "release" / "cogview-demo")
     out = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", ckpt, dst, "--dtype", "float16",
-                          "--guidance-scale", "image2text=0.5", "--caption-rerank"], cwd=ROOT, capture_output=True, text=True)
+                          "--guidance-scale", "image2text=0.5", "--caption-rerank",
+                          "--caption-rerank-weight", "1.5"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     state = load_checkpoint_state(dst)
     original = load_checkpoint_state(ckpt)
@@ -139,13 +140,17 @@ def test_export_release(tmp_path, demo_tokenizer):
         config = json.load(f)
     assert os.path.samefile(os.path.join(dst, config["img_tokenizer_path"]), vq)
     assert config["guidance_scale"] == {"image2text": 0.5} and config["caption_rerank"] is True
+    assert config["caption_rerank_weight"] == 1.5
     # the exported folder drives generation without shape flags
     from arguments import get_args
     from generation.model_setup import apply_checkpoint_config
     args = get_args(["--load", dst])
     apply_checkpoint_config(args, ["--load", dst])
     assert args.num_layers == 2 and args.hidden_size == 32 and args.task_guidance_scale == {"image2text": 0.5}
-    assert args.caption_rerank is True
+    assert args.caption_rerank is True and args.caption_rerank_weight == 1.5
+    given = get_args(["--load", dst, "--caption-rerank-weight", "0"])  # a flag wins over the config
+    apply_checkpoint_config(given, ["--load", dst, "--caption-rerank-weight", "0"])
+    assert given.caption_rerank_weight == 0
     bad_scale = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", ckpt, str(tmp_path / "out"),
                                 "--guidance-scale", "captions=1"], cwd=ROOT, capture_output=True, text=True)
     assert bad_scale.returncode == 2 and "image2text=S" in bad_scale.stderr and not os.path.exists(tmp_path / "out")
@@ -250,6 +255,7 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     assert config["img_size"] == 64 and config["num_layers"] == 8 and config["max_position_embeddings"] == 96
     assert config["guidance_scale"] == {"image2text": 0.5} and "guidance_scale" not in sr_config  # CAPTION_GUIDANCE
     assert config["caption_rerank"] is True and "caption_rerank" not in sr_config
+    assert config["caption_rerank_weight"] == 3 and "caption_rerank_weight" not in sr_config  # CAPTION_RERANK_WEIGHT
     assert os.path.samefile(os.path.join(pre, "cogview", "cogview-demo", config["txt_tokenizer_path"]),
                             pre / "text_tokenizer" / "shapes.model")
     assert os.path.samefile(pre / "cogview" / "cogview-demo" / config["img_tokenizer_path"],

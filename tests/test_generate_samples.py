@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 import generate_samples
@@ -87,6 +88,37 @@ def test_caption_rerank_prints_captions_best_first(assets, tmp_path, capsys, mon
     rows = [[t["[ROI1]"], *t.EncodeAsIds(c), t["[TINY]"], t["[BOI1]"], *codes] for c in ranked]
     expected = image_given_text_score(gen.model, rows, t["[BOI1]"], t.num_image_tokens).tolist()
     assert scores == pytest.approx(expected, abs=0.01)
+
+
+def test_caption_rerank_weight_adds_the_caption_likelihood(assets, tmp_path, capsys):
+    """--caption-rerank-weight W ranks by log p(image | caption) + W log p(caption | image),
+    the second term scored on the query's own image->text row with each caption."""
+    import re
+    from generation import image_given_text_score, inverse_prompt_score
+    from generation.queries import task_template
+    code, _ = run(assets, tmp_path, "image2text", [assets["images"][0]], "--batch-size", "4", "--caption-rerank",
+                  "--caption-rerank-weight", "2.5")
+    out = capsys.readouterr().out
+    head = re.search(r"^line 1: ranked by log p\(image \| caption\) \+ 2\.5 log p\(caption \| image\): (.*)$",
+                     out, re.M)
+    assert code == 0 and head
+    scores = [float(x) for x in head.group(1).split(", ")]
+    ranked = re.findall(r"^line 1 sample \d: (.*)$", out, re.M)
+    assert len(ranked) == 4 and scores == sorted(scores, reverse=True)
+    # recompute both terms row by row with the same model and query
+    argv = ["--load", assets["ckpt"], "--device", "cpu"]
+    args = generate_samples.get_args(argv)
+    tok, model = generate_samples.setup(args, argv)
+    gen = generate_samples.Generator(args, tok, model)
+    ids = gen.parse(task_template("image2text", gen.grid).format(assets["images"][0]))
+    codes = ids[ids.index(tok["[BOI1]"]) + 1:ids.index(tok["[EOI1]"])]
+    for caption, score in zip(ranked, scores):
+        text = tok.EncodeAsIds(caption)
+        image_term = image_given_text_score(model, [[tok["[ROI1]"], *text, tok["[TINY]"], tok["[BOI1]"], *codes]],
+                                            tok["[BOI1]"], tok.num_image_tokens)[0]
+        row = torch.tensor([[tok["[TINY]"], tok["[BOI1]"], *codes, tok["[EOI1]"], tok["[ROI1]"], *text]])
+        caption_term = inverse_prompt_score(model, row, tok["[ROI1]"], tok.num_image_tokens)[0]
+        assert score == pytest.approx(float(image_term + 2.5 * caption_term), abs=0.01)
 
 def test_post_selection_scores_file(assets, tmp_path):
     line = "a red circle\t" + "\t".join(assets["images"])

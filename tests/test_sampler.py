@@ -134,6 +134,21 @@ def test_image_given_text_score_sums_code_log_probs_for_rows_of_any_length():
     with pytest.raises(ValueError, match="BOI1"):
         image_given_text_score(model, [[C["[ROI1]"], I + 1, C["[TINY]"]]], C["[BOI1]"], I)
 
+
+def test_caption_given_image_score_equals_inverse_prompt_score_row_by_row():
+    """Rows of different lengths in one call score as inverse_prompt_score does each on its own."""
+    from generation import caption_given_image_score, inverse_prompt_score
+    model = model_fixture()
+    image = [5, 9, 2, 2, 7, 0, 31, 4]
+    texts = ([I + 1, I + 2, I + 3], [I + 9], [I + 4, I + 8, I + 8], [I + 5])
+    rows = [[C["[TINY]"], C["[BOI1]"], *image, C["[EOI1]"], C["[ROI1]"], *text] for text in texts]
+    scores = caption_given_image_score(model, rows, C["[ROI1]"], I)
+    expected = [float(inverse_prompt_score(model, torch.tensor([r]), C["[ROI1]"], I)[0]) for r in rows]
+    assert scores.tolist() == pytest.approx(expected, abs=1e-4)
+    assert len(set(round(x, 3) for x in scores.tolist())) == 4
+    with pytest.raises(ValueError, match="ROI1"):
+        caption_given_image_score(model, [[C["[TINY]"], C["[BOI1]"], *image]], C["[ROI1]"], I)
+
 def test_super_resolution_windows_identical_for_every_algorithm():
     from generation import magnify
 
