@@ -76,6 +76,14 @@ def add_model_config_args(parser: argparse.ArgumentParser) -> None:
                             "many tokens in training rows and in queries, so the low-resolution codes "
                             "sit at fixed positions (stored in model_config.json); 0 = not padded, "
                             "as the original")
+    group.add_argument("--magnify-position-init", action="store_true",
+                       help="(new) super-resolution training: start the position rows "
+                            "of the low-res window and high-res block codes as 2-D sinusoids of their "
+                            "cell centres, so each high-res code's row is nearest its low-res parent's "
+                            "(arch/magnify_positions.py); needs --sr-text-length and positions that "
+                            "count on through the row (no --roi2-positions); a --finetune checkpoint "
+                            "with another position table size loads all but the table, a resumed "
+                            "run or a same-size --finetune checkpoint keeps its own table")
     # new: our model switches
     group.add_argument("--pb-relax-attention", action="store_true",
                        help="(new) compute attention scores as in the paper's PB-relax "
@@ -219,6 +227,11 @@ def add_text_generate_args(parser: argparse.ArgumentParser) -> None:
                        help="(new) image2text with --caption-rerank: rank by log p(image | caption) "
                             "+ W * log p(caption | image) (noisy-channel reranking); unset, the "
                             "checkpoint's model_config.json value, else 0")
+    group.add_argument("--roi2-position-restart", action=argparse.BooleanOptionalAction, default=None,
+                       help="(new) positions restart after [ROI2] while sampling (the original's "
+                            "rule, default); --no-roi2-position-restart for a model trained with "
+                            "positions counting on through the whole sequence; unset, the "
+                            "checkpoint's model_config.json decides")
     group.add_argument("--generation-task", type=str, default="text2image",
                        choices=GENERATION_TASKS, help="what task to run")
     group.add_argument("--input-source", type=str, default="interactive",

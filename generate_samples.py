@@ -41,24 +41,19 @@ class Generator:
         self.device = torch.device(args.device)
         self.layout = TokenLayout.from_tokenizer(tokenizer)
         self.config = SamplingConfig(args.temperature, args.top_k, args.top_p)
-        self.grid = self._grid_side(args.img_size)
+        self.grid = tokenizer.code_grid_side(args.img_size, self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(args.seed)
         self.max_positions = args.max_position_embeddings
-
-    def _grid_side(self, img_size: int) -> int:
-        model = getattr(self.tokenizer.img_tokenizer, "model", None)
-        if model is None:
-            return img_size // 8
-        with torch.no_grad():
-            codes = self.tokenizer(torch.zeros(1, 3, img_size, img_size, device=self.device))
-        return int(round(codes.numel() ** 0.5))
+        # positions restart after [ROI2] unless the checkpoint was trained with them counting on
+        self.roi2_restart = getattr(args, "roi2_position_restart", None) is not False
+        self.roi2_id = tokenizer["[ROI2]"] if self.roi2_restart else None  # for check_positions
 
     # ---- helpers ------------------------------------------------------------------------
     def parse(self, text: str, img_size: Optional[int] = None, check: bool = True) -> List[int]:
         check_command_tokens(text, self.tokenizer.command_tokens)
         ids = self.tokenizer.parse_query(text, img_size=img_size or self.args.img_size)
         if check:
-            check_positions(ids, self.tokenizer["[ROI2]"], self.max_positions)
+            check_positions(ids, self.roi2_id, self.max_positions)
         return ids
 
     def guidance(self, ids: List[int], task: str) -> Optional[Guidance]:
@@ -83,7 +78,8 @@ class Generator:
         try:
             return generate_in_chunks(self.model, ids, n, self.args.max_inference_batch_size, self.layout,
                                       config=config or self.config, device=self.device, sampler=self.args.sampler,
-                                      generator=self.generator, on_token=bar.update, guidance=guidance)
+                                      generator=self.generator, on_token=bar.update, guidance=guidance,
+                                      roi2_restart=self.roi2_restart)
         finally:
             bar.close()
 
@@ -128,8 +124,8 @@ class Generator:
             ranked = self.rank_captions(ids, captions)
             captions = [c for _, c in ranked]
             weight = self.caption_rerank_weight()
-            score = "log p(image | caption)" + (f" + {weight:g} log p(caption | image)" if weight else "")
-            print(f"line {query.line_number}: ranked by {score}: "
+            how = "log p(image | caption)" + (f" + {weight:g} log p(caption | image)" if weight else "")
+            print(f"line {query.line_number}: ranked by {how}: "
                   + ", ".join(f"{score:.2f}" for score, _ in ranked), flush=True)
         for k, caption in enumerate(captions):
             print(f"line {query.line_number} sample {k}: {caption}", flush=True)
@@ -181,7 +177,7 @@ class Generator:
         regenerated at img_size (the decoded images are each row's first and last)."""
         template = task_template("low-level super-resolution", self.grid)
         ids = self.sr_text(self.parse(template.format(text, path), img_size=self.args.img_size // 2, check=False))
-        check_positions(ids, self.tokenizer["[ROI2]"], self.max_positions)
+        check_positions(ids, self.roi2_id, self.max_positions)
         return self.sample(ids, batch_size=batch_size, desc=desc)
 
     def sr_text(self, ids: List[int]) -> List[int]:
@@ -207,7 +203,7 @@ class Generator:
         window, stride = sr_window(self.grid)
         one_window = (prefix + [0] * window ** 2 + [self.tokenizer[t] for t in sr_middle_tokens(window)]
                       + [-1] * (2 * window) ** 2)
-        check_positions(one_window, self.tokenizer["[ROI2]"], self.max_positions)
+        check_positions(one_window, self.roi2_id, self.max_positions)
         start = time.time()
         images = []
         for _ in range(self.args.batch_size):

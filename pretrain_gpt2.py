@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional
 
+import torch
 import torch.distributed as dist
 
 from arguments import get_args
@@ -33,6 +34,22 @@ def get_model(args) -> GPT2Model:
     kwargs = model_kwargs_from_args(args, args.vocab_size)
     kwargs["max_memory_length"] = 0
     return GPT2Model(**kwargs)
+
+
+def init_position_table(model: GPT2Model, tokenizer, args) -> None:
+    """--magnify-position-init: aligned rows for the low-res window and high-res block codes
+    (arch/magnify_positions.py); the same table for every seed (generator seed 0). Loading a
+    checkpoint afterwards replaces it, except a --finetune one whose table has another size."""
+    from arch.magnify_positions import init_magnify_positions
+    from data_utils.datasets import uses_roi2_positions
+    from generation.magnify import sr_window
+    if uses_roi2_positions(args):
+        raise ValueError("--magnify-position-init needs positions that count on through the row: "
+                         "drop --roi2-positions/--max-position-embeddings-finetune and give "
+                         "--max-position-embeddings the whole row length")
+    window, _ = sr_window(tokenizer.code_grid_side(args.img_size))
+    table = model.transformer.position_embeddings.weight
+    init_magnify_positions(table.data, args.sr_text_length, window, generator=torch.Generator().manual_seed(0))
 
 
 def set_experiment_name(args) -> None:
@@ -85,6 +102,8 @@ def run(argv: Optional[List[str]] = None) -> TrainResult:
     set_random_seed(args.seed)
     tokenizer, (train_loader, valid_loader, test_loader) = build_data(args)
     model = get_model(args)
+    if args.magnify_position_init:  # before the back end copies the weights; a resumed run loads its own
+        init_position_table(model, tokenizer, args)
     backend = make_backend(model, args, device)
     scheduler = get_learning_rate_scheduler(backend.optimizer, args)
     state, position = TrainState(), 0

@@ -88,6 +88,15 @@ class UnifiedTokenizer:
             return self.img_tokenizer.EncodeAsIds(inputs)
         return self.EncodeAsIds(inputs, process_fn=process_fn)
 
+    def code_grid_side(self, img_size: int, device="cpu") -> int:
+        """Codes per side of an ``img_size`` image: the VQ-VAE's answer when it is loaded,
+        else img_size // 8 (the released and demo VQ-VAEs' downsampling)."""
+        if getattr(self.img_tokenizer, "model", None) is None:
+            return img_size // 8
+        with torch.no_grad():
+            codes = self(torch.zeros(1, 3, img_size, img_size, device=device))
+        return int(round(codes.numel() ** 0.5))
+
     def EncodeAsIds(self, text: str, process_fn: Optional[Callable[[str], str]] = None) -> List[int]:
         """Plain text (command tokens are NOT recognised here) -> unified ids."""
         if process_fn is not None:

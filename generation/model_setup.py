@@ -66,6 +66,8 @@ def apply_checkpoint_config(args, argv: Optional[Iterable[str]] = None) -> Optio
         args.caption_rerank = bool(config["caption_rerank"])
     if "caption_rerank_weight" in config and "caption_rerank_weight" not in given:
         args.caption_rerank_weight = float(config["caption_rerank_weight"])
+    if "roi2_position_restart" in config and "roi2_position_restart" not in given:
+        args.roi2_position_restart = bool(config["roi2_position_restart"])
     return path
 
 
@@ -83,6 +85,9 @@ def write_model_config(folder: str, args) -> str:
         if key.endswith("_path") and value:
             value = os.path.relpath(os.path.abspath(value), os.path.abspath(folder))
         config[key] = value
+    # how training numbered positions after [ROI2], so generation does the same
+    from data_utils.datasets import uses_roi2_positions
+    config["roi2_position_restart"] = uses_roi2_positions(args)
     path = os.path.join(folder, MODEL_CONFIG_FILENAME)
     write_text_atomic(path, json.dumps(config, indent=1) + "\n")
     return path

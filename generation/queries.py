@@ -124,8 +124,9 @@ def region_mask(region: Tuple[float, float, float, float], grid: int) -> List[bo
     return [r0 <= r < r1 and c0 <= c < c1 for r in range(grid) for c in range(grid)]
 
 
-def check_positions(ids: List[int], roi2_id: int, max_positions: int) -> None:
-    """The query must fit the position table (after the [ROI2] restart)."""
+def check_positions(ids: List[int], roi2_id: Optional[int], max_positions: int) -> None:
+    """The query must fit the position table (after the [ROI2] restart; ``roi2_id`` None:
+    a model whose positions count on through [ROI2])."""
     offset = max((i for i, t in enumerate(ids) if t == roi2_id), default=None)
     last = len(ids) - 1
     top = max(offset, last - offset) if offset is not None else last

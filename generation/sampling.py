@@ -181,10 +181,13 @@ def filling_sequence(model, seq: Sequence[int], batch_size: int, layout: TokenLa
                      config: SamplingConfig = SamplingConfig(), device: torch.device = torch.device("cpu"),
                      sampler: str = "kv-cache", generator: Optional[torch.Generator] = None,
                      on_token: Optional[Callable[[int], None]] = None, return_scores: bool = False,
-                     guidance: Optional[Guidance] = None):
+                     guidance: Optional[Guidance] = None, roi2_restart: bool = True):
     """Fill every -1 of ``seq`` for ``batch_size`` samples; returns [batch_size, len(seq)] ids.
 
     ``on_token(rows)`` is called after each sampled position (progress bars).
+    ``roi2_restart``: positions restart after [ROI2] (the original's generation rule, for
+    models trained so); False keeps counting, for a model whose position table covers
+    the whole sequence and that was trained that way (model_config.json says which).
     With ``return_scores`` also returns the summed log-probability of each sample (of
     the distribution sampled from: the guided one under ``guidance``).
     """
@@ -203,7 +206,7 @@ def filling_sequence(model, seq: Sequence[int], batch_size: int, layout: TokenLa
         prior = _Runner(model, sampler, length - shift)
         no_offset = torch.full((1,), NO_ROI2, dtype=torch.long, device=device)
     modes = _Modes(layout)
-    roi2 = layout.command_tokens.get("[ROI2]")
+    roi2 = layout.command_tokens.get("[ROI2]") if roi2_restart else None  # None: no offsets
     first_command = layout.num_image_tokens + layout.num_text_tokens
     runner = _Runner(model, sampler, length)
     tokens = torch.tensor([max(t, 0) for t in known], dtype=torch.long, device=device).unsqueeze(0)

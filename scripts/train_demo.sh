@@ -35,6 +35,7 @@ SR_BATCH=${SR_BATCH:-16}
 SR_LR=${SR_LR:-1e-3}
 SR_INIT=${SR_INIT:-}                    # start the super-resolution GPT from these weights instead of scratch
 SR_TEXT_LENGTH=${SR_TEXT_LENGTH:-20}    # super-resolution captions padded to this many tokens (0: not padded)
+SR_POSITIONS=${SR_POSITIONS:-352}       # super-resolution position table: a whole row (329 + SR_TEXT_LENGTH)
 CAPTION_GUIDANCE=${CAPTION_GUIDANCE:-0.5} # image2text --guidance-scale recorded with the base GPT (0: off)
 CAPTION_RERANK_WEIGHT=${CAPTION_RERANK_WEIGHT:-3} # image2text --caption-rerank-weight recorded with it
 VQ_IMAGES=${VQ_IMAGES:-24000}
@@ -165,12 +166,14 @@ fi
 
 if want sr; then
   say "super-resolution GPT ($SR_ITERS iterations of $SR_BATCH)"
-  # rows are up to 352 tokens; positions restart at [ROI2] (the rule generation uses, and
-  # the original's cogview-sr was finetuned with), so 264 positions cover both halves.
-  # Captions padded to SR_TEXT_LENGTH put the low-res codes at fixed positions; the
-  # flag lands in model_config.json, so generation pads its queries the same way.
-  INIT=$SR_INIT TRAIN_IMG_SIZE=$SR_IMG_SIZE TRAIN_VQVAE=$VQVAE train_gpt cogview-demo-sr "$DEMO_DIR/sr.lmdb" "$SR_ITERS" "$SR_BATCH" 264 6 192 6 "$SR_LR" \
-      --roi2-positions --max-position-embeddings-finetune 352 --sr-text-length "$SR_TEXT_LENGTH"
+  # Rows are 329 + SR_TEXT_LENGTH tokens (349). Captions padded to SR_TEXT_LENGTH put the
+  # low-res codes at fixed positions, and positions count on through the row (no restart at
+  # [ROI2]: model_config.json records it, so generation numbers them the same way), so
+  # --magnify-position-init can start each high-res code's position row next to the row of
+  # the low-res code it magnifies (arch/magnify_positions.py). From SR_INIT weights with
+  # another position table, everything but the table is kept.
+  INIT=$SR_INIT TRAIN_IMG_SIZE=$SR_IMG_SIZE TRAIN_VQVAE=$VQVAE train_gpt cogview-demo-sr "$DEMO_DIR/sr.lmdb" "$SR_ITERS" "$SR_BATCH" "$SR_POSITIONS" 6 192 6 "$SR_LR" \
+      --magnify-position-init --sr-text-length "$SR_TEXT_LENGTH"
 fi
 
 if want export; then

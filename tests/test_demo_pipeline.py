@@ -245,8 +245,8 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     assert all(torch.equal(base[k], v) for k, v in vqvae.load_model(ckpts / "vqvae-base").state_dict().items())
     assert not all(torch.equal(base[k], v) for k, v in shipped.items() if k.startswith("enc"))
     with open(pre / "cogview" / "cogview-demo-sr" / "model_config.json") as f:
-        sr_config = json.load(f)  # trained with positions restarting at [ROI2], as magnify feeds them
-    assert (sr_config["max_position_embeddings"], sr_config["max_position_embeddings_finetune"]) == (264, 352)
+        sr_config = json.load(f)  # positions count on through [ROI2]; the table starts aligned
+    assert sr_config["max_position_embeddings"] == 352 and sr_config["roi2_position_restart"] is False
     assert sr_config["img_size"] == 128  # SR_IMG_SIZE: 128 -> 256 px, whatever the base model's size
     assert os.path.samefile(pre / "cogview" / "cogview-demo-sr" / sr_config["img_tokenizer_path"],
                             pre / "vqvae" / "shapes_vqvae.pt")
@@ -305,6 +305,18 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     assert (pre / "cogview" / "cogview-demo" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
     assert (pre / "cogview" / "cogview-demo-sr" / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
     assert (cont.stdout + cont.stderr).count("loaded the weights of") == 2
+    # a super-resolution checkpoint with another position table (the 264-row model shipped before
+    # --magnify-position-init) starts a run with everything but its table
+    from arch.checkpoint import load_checkpoint_state, save_checkpoint
+    old_sr = tmp_path / "init" / "old-sr"
+    state = load_checkpoint_state(str(tmp_path / "init" / "cogview-demo-sr"))
+    state["transformer.position_embeddings.weight"] = state["transformer.position_embeddings.weight"][:264]
+    save_checkpoint(str(old_sr), 7, state)
+    shutil.rmtree(tmp_path / "demo" / "checkpoints" / "cogview-demo-sr")
+    again = subprocess.run(["bash", script], env=dict(env, STEPS="sr", SR_ITERS="1", SR_INIT=str(old_sr)),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "position table (264, 192) not loaded" in again.stdout + again.stderr
 
 
 def test_eval_caption_flags_score_each_attribute():

@@ -329,3 +329,34 @@ def test_script_without_any_checkpoint_says_what_to_do(tmp_path):
     result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "text2image.sh")], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "train_demo.sh" in result.stderr
+
+
+def test_roi2_position_restart_comes_from_the_checkpoint_config(assets, tmp_path, monkeypatch):
+    """model_config.json's roi2_position_restart (written by training) reaches the sampler;
+    the flag wins; a checkpoint that says nothing keeps the original's restart."""
+    import json
+    import shutil
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(assets["ckpt"], ckpt)
+    config = json.loads((ckpt / "model_config.json").read_text())
+    config.update(img_tokenizer_path=os.path.abspath(assets["vqvae"]), txt_tokenizer_path=os.path.abspath(assets["sp"]))
+    fed = []
+    real = generate_samples.generate_in_chunks
+
+    def spy(*args, **kwargs):
+        fed.append(kwargs["roi2_restart"])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(generate_samples, "generate_in_chunks", spy)
+    line = ["a red circle\t" + assets["images"][1]]
+    for value, extra, expected in ((None, (), True), (False, (), False), (False, ("--roi2-position-restart",), True)):
+        if value is None:
+            config.pop("roi2_position_restart", None)
+        else:
+            config["roi2_position_restart"] = value
+        (ckpt / "model_config.json").write_text(json.dumps(config))
+        argv = ["--load", str(ckpt), "--device", "cpu", "--generation-task", "low-level super-resolution",
+                "--input-source", str(tmp_path / "in.txt"), "--output-path", str(tmp_path / "out"), "--batch-size", "1",
+                *extra]
+        (tmp_path / "in.txt").write_text(line[0] + "\n")
+        assert generate_samples.main(argv) == 0
+        assert fed[-1] is expected

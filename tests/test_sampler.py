@@ -221,3 +221,29 @@ def test_guidance_prefix_and_bad_start():
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="guidance"):
         filling_sequence(model, seq, 1, LAYOUT, guidance=Guidance(1.0, start=len(seq)))
+
+
+@pytest.mark.parametrize("sampler", ["full", "kv-cache", "mems"])
+def test_roi2_restart_off_numbers_positions_straight_through(sampler):
+    """roi2_restart=False (a model trained without the [ROI2] restart): every forward call
+    gets positions 0, 1, 2, ... of the whole row; the default restarts them after [ROI2]."""
+    model = model_fixture()
+    seq = QUERIES["low-level-sr"]
+    roi2 = seq.index(C["[ROI2]"])
+    for restart in (True, False):
+        seen = []
+        real = model.forward
+
+        def spy(ids, pos, *args, **kwargs):
+            seen.append(pos[0].tolist())
+            return real(ids, pos, *args, **kwargs)
+        model.forward = spy
+        gen = torch.Generator().manual_seed(5)
+        filling_sequence(model, seq, 2, LAYOUT, SamplingConfig(top_k=5), sampler=sampler, generator=gen,
+                         roi2_restart=restart)
+        model.forward = real
+        last = seen[-1][-1]  # the position of the last token fed
+        fed_through = len(seq) - 2
+        assert last == (fed_through - roi2 if restart else fed_through)
+        if not restart:
+            assert all(p == list(range(p[0], p[0] + len(p))) for p in seen)

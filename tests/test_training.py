@@ -16,7 +16,7 @@ from training.loss import compute_loss, finetune_position_ids, get_batch
 
 from .conftest import load_fixture_json
 from .gpt_fixture import build_fixture_model, fixture_config, fixture_expected, fixture_inputs
-from .training_data import tiny_flags, tiny_setup
+from .training_data import NUM_IMAGE_TOKENS, WORDS, make_lmdb, tiny_flags, tiny_setup
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 NO_DROPOUT = {"--hidden-dropout": 0, "--attention-dropout": 0}  # so the first loss can be recomputed
@@ -323,3 +323,59 @@ def test_roi2_positions_train_from_scratch_and_resume(tmp_path, capsys):
     assert second.state.iteration == 4 and all(np.isfinite(second.state.losses))
     assert second.trainer.roi2_id == roi2
     assert "at iteration 2" in capsys.readouterr().out  # resumed, not restarted
+
+
+def _sr_rows(tok, n: int, text_length: int, window: int) -> list:
+    """Magnify-layout rows: [ROI1] text padded to text_length [BASE] [BOI1] low [EOI1] [ROI2]
+    [POS0] [BASE] [BOI2] high [EOI2], the high-res codes a function of the low-res ones."""
+    rng = np.random.RandomState(0)
+    rows = []
+    for i in range(n):
+        text = tok.EncodeAsIds(WORDS[i % len(WORDS)])[:text_length]
+        low = rng.randint(0, NUM_IMAGE_TOKENS, size=(window, window))
+        high = np.kron(low, np.ones((2, 2), dtype=np.int64))
+        rows.append(np.asarray([tok["[ROI1]"], *text, *[tok["[PAD]"]] * (text_length - len(text)), tok["[BASE]"],
+                                tok["[BOI1]"], *low.reshape(-1), tok["[EOI1]"], tok["[ROI2]"], tok["[POS0]"],
+                                tok["[BASE]"], tok["[BOI2]"], *high.reshape(-1), tok["[EOI2]"]], dtype=np.int64))
+    return rows
+
+
+@pytest.mark.slow
+def test_magnify_position_init_sets_the_table_and_keeps_other_finetune_weights(tmp_path):
+    """--magnify-position-init starts the position table as arch.magnify_positions says, the
+    run's model_config.json records that positions count on through [ROI2], and a --finetune
+    checkpoint with another table size loads every weight but the table (without the flag
+    that load is refused, naming the flag)."""
+    import json
+
+    import pretrain_gpt2
+    from arch import CheckpointError
+    from arch.magnify_positions import init_magnify_positions
+
+    setup = tiny_setup(str(tmp_path))
+    tok = setup["tokenizer"]
+    lmdb_path = make_lmdb(str(tmp_path), "sr.lmdb", _sr_rows(tok, 16, text_length=4, window=2))
+    sr = {"--train-data": lmdb_path, "--img-size": 32, "--sr-text-length": 4, "--train-iters": 2,
+          "--save-interval": 2}
+    # another model with a 40-row table, saved after 2 steps
+    other = pretrain_gpt2.run(tiny_flags(setup, str(tmp_path / "a"), **{**sr, "--max-position-embeddings": 40}))
+    saved = {k: v.clone() for k, v in other.trainer.backend.module.state_dict().items()}
+    run_dir = glob.glob(str(tmp_path / "a" / "tiny-*"))[0]
+    flags = {**sr, "--lr": 0.0, "--warmup": 0.0, "--load": run_dir, "--finetune": True, "--save-interval": 1000}
+    with pytest.raises(CheckpointError, match="max-position-embeddings is 40 in the checkpoint"):
+        pretrain_gpt2.run(tiny_flags(setup, str(tmp_path / "b"), **flags))
+    result = pretrain_gpt2.run(tiny_flags(setup, str(tmp_path / "c"), **{**flags, "--magnify-position-init": True,
+                                                                         "--save-interval": 2}))
+    state = result.trainer.backend.module.state_dict()
+    expected = init_magnify_positions(torch.empty(33, 32), 4, 2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(state["transformer.position_embeddings.weight"], expected)  # lr 0: as initialised
+    assert all(torch.equal(state[k], saved[k]) for k in saved if "position" not in k)
+    config = json.load(open(glob.glob(str(tmp_path / "c" / "*" / "model_config.json"))[0]))
+    assert config["roi2_position_restart"] is False and config["sr_text_length"] == 4
+    # from scratch: the same table; a table too short for the row is refused with the length
+    scratch = pretrain_gpt2.run(tiny_flags(setup, str(tmp_path / "d"), **{**sr, "--lr": 0.0, "--warmup": 0.0,
+                                                                          "--magnify-position-init": True}))
+    assert torch.equal(scratch.trainer.backend.module.state_dict()["transformer.position_embeddings.weight"], expected)
+    with pytest.raises(ValueError, match="33 tokens"):
+        pretrain_gpt2.run(tiny_flags(setup, str(tmp_path / "e"), **{**sr, "--magnify-position-init": True,
+                                                                    "--max-position-embeddings": 30}))

@@ -133,6 +133,25 @@ def save_training_checkpoint(save_dir: str, iteration: int, backend, scheduler, 
 
 # -------------------------------------------------------------------------------- loading
 
+POSITION_TABLE = "transformer.position_embeddings.weight"
+
+
+def _drop_other_position_table(ckpt: dict, module, source: str) -> bool:
+    """--magnify-position-init from weights of another table size: keep every weight but the
+    position table, which the run re-initialises (its rows meant other positions anyway).
+    True when the table was dropped."""
+    own = module.state_dict().get(POSITION_TABLE)
+    theirs = ckpt["module"].get(POSITION_TABLE)
+    if own is None or theirs is None or tuple(theirs.shape) == tuple(own.shape):
+        return False
+    ckpt["module"] = {k: v for k, v in ckpt["module"].items() if k != POSITION_TABLE}
+    if ckpt.get("model_args"):
+        ckpt["model_args"] = {k: v for k, v in ckpt["model_args"].items() if k != "max_position_embeddings"}
+    _print0(f"{source}: position table {tuple(theirs.shape)} not loaded (this model has {tuple(own.shape)}; "
+            "--magnify-position-init sets it)")
+    return True
+
+
 def load_training_checkpoint(load_dir: str, backend, scheduler, args) -> Tuple[int, int, int]:
     """Restore what the flags ask for; returns (iteration, data_position, skipped_steps).
 
@@ -147,9 +166,14 @@ def load_training_checkpoint(load_dir: str, backend, scheduler, args) -> Tuple[i
     mp_rank = mpu.get_model_parallel_rank()
     file = resolve_checkpoint_file(load_dir, mp_rank)
     ckpt = load_full_checkpoint(load_dir, trust=args.trust_checkpoint, mp_rank=mp_rank)
-    check_model_shape_args(ckpt.get("model_args"), args, file)
     weights_only = release or args.finetune
+    new_table = (weights_only and getattr(args, "magnify_position_init", False)
+                 and _drop_other_position_table(ckpt, backend.module, file))
+    check_model_shape_args(ckpt.get("model_args"), args, file)
     if backend.name == "deepspeed":
+        if new_table:
+            raise CheckpointError(f"{file}: its position table has another size; with DeepSpeed, start from a "
+                                  "checkpoint of this --max-position-embeddings (or train on the torch back end)")
         if backend.engine.zero_optimization_stage() != 3:  # ZeRO-3 modules hold partitions
             check_state_dict(backend.module, ckpt["module"], file)
         backend.engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=not (weights_only or args.no_load_optim),
@@ -157,8 +181,10 @@ def load_training_checkpoint(load_dir: str, backend, scheduler, args) -> Tuple[i
         sched_state = ckpt.get("client_lr_scheduler")
     else:
         state = {k: v for k, v in ckpt["module"].items()}
-        check_state_dict(backend.module, state, file)
         param = next(backend.module.parameters())
+        if new_table:  # dropped above: keep the model's own, which the run re-initialises
+            state[POSITION_TABLE] = backend.module.state_dict()[POSITION_TABLE]
+        check_state_dict(backend.module, state, file)
         backend.module.load_state_dict({k: v.to(param.dtype) if v.is_floating_point() else v
                                         for k, v in state.items()}, strict=True)
         if not (weights_only or args.no_load_optim) and "optimizer" in ckpt:
