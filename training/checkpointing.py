@@ -138,8 +138,8 @@ POSITION_TABLE = "transformer.position_embeddings.weight"
 
 def _drop_other_position_table(ckpt: dict, module, source: str) -> bool:
     """--magnify-position-init from weights of another table size: keep every weight but the
-    position table, which the run re-initialises (its rows meant other positions anyway).
-    True when the table was dropped."""
+    position table, whose rows meant other positions (the model keeps the aligned table the
+    flag already set). True when the table was dropped."""
     own = module.state_dict().get(POSITION_TABLE)
     theirs = ckpt["module"].get(POSITION_TABLE)
     if own is None or theirs is None or tuple(theirs.shape) == tuple(own.shape):
@@ -182,7 +182,7 @@ def load_training_checkpoint(load_dir: str, backend, scheduler, args) -> Tuple[i
     else:
         state = {k: v for k, v in ckpt["module"].items()}
         param = next(backend.module.parameters())
-        if new_table:  # dropped above: keep the model's own, which the run re-initialises
+        if new_table:  # dropped above: keep the model's own, set by --magnify-position-init
             state[POSITION_TABLE] = backend.module.state_dict()[POSITION_TABLE]
         check_state_dict(backend.module, state, file)
         backend.module.load_state_dict({k: v.to(param.dtype) if v.is_floating_point() else v
