@@ -218,6 +218,12 @@ def add_text_generate_args(parser: argparse.ArgumentParser) -> None:
                             "prior)); needs a model trained on both directions, like the demo "
                             "model. 0 = off (the original's sampling); unset, a value the "
                             "checkpoint's model_config.json records for the task is used")
+    group.add_argument("--guidance-top-k", type=int, default=0,
+                       help="(new) with --guidance-scale: draw each guided token only among the "
+                            "K tokens the conditioned model finds most likely (guidance reorders "
+                            "them, so it cannot pick one the model finds implausible). 0 = all; "
+                            "unset, a value the checkpoint's model_config.json records for the "
+                            "task is used")
     group.add_argument("--caption-rerank", action=argparse.BooleanOptionalAction, default=None,
                        help="(new) image2text: print each image's sampled captions ranked by "
                             "log p(image | caption), best first (the text->image direction of a "
@@ -379,6 +385,8 @@ def _check_conflicts(args: argparse.Namespace) -> Optional[str]:
         return "--temperature must be > 0"
     if not 0.0 <= args.top_p <= 1.0:
         return "--top_p must be within [0, 1]"
+    if args.guidance_top_k < 0:
+        return "--guidance-top-k must be >= 0 (0: every token)"
     if args.top_k < 0:
         return "--top_k must be >= 0"
     return None

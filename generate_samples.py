@@ -64,9 +64,10 @@ class Generator:
         scale = getattr(self.args, "task_guidance_scale", {}).get(task, self.args.guidance_scale)
         if not scale or task not in ("text2image", "image2text"):
             return None
+        top_k = getattr(self.args, "task_guidance_top_k", {}).get(task, self.args.guidance_top_k)
         if task == "text2image":
-            return Guidance(scale, start=ids.index(self.tokenizer["[BOI1]"]) - 1)  # the size token
-        return Guidance(scale, start=ids.index(self.tokenizer["[ROI1]"]))
+            return Guidance(scale, start=ids.index(self.tokenizer["[BOI1]"]) - 1, top_k=top_k)  # the size token
+        return Guidance(scale, start=ids.index(self.tokenizer["[ROI1]"]), top_k=top_k)
 
     def sample(self, ids: List[int], batch_size: Optional[int] = None, desc: str = "",
                config: Optional[SamplingConfig] = None, guidance: Optional[Guidance] = None) -> torch.Tensor:

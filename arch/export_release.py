@@ -2,7 +2,7 @@
 
     python -m arch.export_release gpt SRC DST [--dtype float16] [--average OTHER ...] \
         [--img-tokenizer-path VQVAE.pt] [--txt-tokenizer-path TOK.model] [--guidance-scale TASK=S ...] \
-        [--caption-rerank] [--caption-rerank-weight W]
+        [--guidance-top-k TASK=K ...] [--caption-rerank] [--caption-rerank-weight W]
     python -m arch.export_release vqvae SRC.pt DST.pt
 
 gpt: reads the tracked iteration of SRC (the original layout), keeps only the weights
@@ -13,10 +13,11 @@ given ones). --average (repeatable) ships the mean of SRC's weights and those of
 checkpoints of the same model (weight averaging along one run, e.g. an earlier and a
 later checkpoint); the folder keeps SRC's iteration and config. --guidance-scale
 (repeatable) records generate_samples.py's --guidance-scale default for a task
-(text2image, image2text) as measured for this model, in model_config.json;
---caption-rerank records that image2text ranks its captions by log p(image | caption)
-by default, --caption-rerank-weight W that it adds W log p(caption | image) to that score
-(all three only for a model trained on both directions).
+(text2image, image2text) as measured for this model, in model_config.json, and
+--guidance-top-k (repeatable) its --guidance-top-k; --caption-rerank records that
+image2text ranks its captions by log p(image | caption) by default, --caption-rerank-weight
+W that it adds W log p(caption | image) to that score (all of these only for a model
+trained on both directions).
 vqvae: the weights and constructor config of a vqvae.train checkpoint, without optimizer
 and RNG state (fp32: nearest-code search is sensitive to rounding).
 Every file is written atomically.
@@ -41,7 +42,8 @@ CONFIG = "model_config.json"
 def export_gpt(src: str, dst: str, dtype: str = "float16", img_tokenizer_path: Optional[str] = None,
                txt_tokenizer_path: Optional[str] = None, average: Sequence[str] = (),
                guidance_scale: Optional[Dict[str, float]] = None, caption_rerank: bool = False,
-               caption_rerank_weight: Optional[float] = None) -> str:
+               caption_rerank_weight: Optional[float] = None,
+               guidance_top_k: Optional[Dict[str, int]] = None) -> str:
     tag, _ = read_tracker(src)
     if tag is None:
         raise CheckpointError(f"{src}: no latest_checkpointed_iteration.txt; nothing to export")
@@ -65,6 +67,8 @@ def export_gpt(src: str, dst: str, dtype: str = "float16", img_tokenizer_path: O
             config[key] = os.path.relpath(os.path.abspath(value), os.path.abspath(dst))
     if guidance_scale:
         config["guidance_scale"] = {**config.get("guidance_scale", {}), **guidance_scale}
+    if guidance_top_k:
+        config["guidance_top_k"] = {**config.get("guidance_top_k", {}), **guidance_top_k}
     if caption_rerank:
         config["caption_rerank"] = True
     if caption_rerank_weight is not None:
@@ -108,15 +112,33 @@ def export_vqvae(src: str, dst: str) -> str:
     return dst
 
 
-def task_scale(text: str) -> Tuple[str, float]:
-    """``image2text=0.5`` -> ("image2text", 0.5)."""
+def _split_task(text: str, letter: str) -> Tuple[str, str]:
+    """``text2image=...`` -> ("text2image", "..."); any other task is refused."""
     task, _, value = text.partition("=")
     if task not in ("text2image", "image2text"):
-        raise argparse.ArgumentTypeError(f"{text!r}: use text2image=S or image2text=S")
+        raise argparse.ArgumentTypeError(f"{text!r}: use text2image={letter} or image2text={letter}")
+    return task, value
+
+
+def task_scale(text: str) -> Tuple[str, float]:
+    """``image2text=0.5`` -> ("image2text", 0.5)."""
+    task, value = _split_task(text, "S")
     try:
         return task, float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: S must be a number, e.g. image2text=0.5") from None
+
+
+def task_top_k(text: str) -> Tuple[str, int]:
+    """``text2image=2`` -> ("text2image", 2)."""
+    task, value = _split_task(text, "K")
+    try:
+        k = int(value)
+    except ValueError:
+        k = -1
+    if k < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: K must be a whole number >= 0, e.g. text2image=2")
+    return task, k
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -131,6 +153,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--txt-tokenizer-path")
     p.add_argument("--guidance-scale", action="append", default=[], metavar="TASK=S", type=task_scale,
                    help="gpt: the --guidance-scale generation uses for TASK by default (repeatable)")
+    p.add_argument("--guidance-top-k", action="append", default=[], metavar="TASK=K", type=task_top_k,
+                   help="gpt: the --guidance-top-k generation uses for TASK by default (repeatable)")
     p.add_argument("--caption-rerank", action="store_true",
                    help="gpt: image2text ranks captions by log p(image | caption) by default")
     p.add_argument("--caption-rerank-weight", type=float, metavar="W",
@@ -139,10 +163,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if a.kind == "gpt":
             out = export_gpt(a.src, a.dst, a.dtype, a.img_tokenizer_path, a.txt_tokenizer_path, a.average,
-                             dict(a.guidance_scale), a.caption_rerank, a.caption_rerank_weight)
+                             dict(a.guidance_scale), a.caption_rerank, a.caption_rerank_weight,
+                             dict(a.guidance_top_k))
         else:
-            if a.average or a.guidance_scale or a.caption_rerank or a.caption_rerank_weight is not None:
-                p.error("--average, --guidance-scale and --caption-rerank(-weight) are for gpt exports")
+            if (a.average or a.guidance_scale or a.guidance_top_k or a.caption_rerank
+                    or a.caption_rerank_weight is not None):
+                p.error("--average, --guidance-scale/-top-k and --caption-rerank(-weight) are for gpt exports")
             out = export_vqvae(a.src, a.dst)
     except (CheckpointError, OSError, ValueError) as exc:
         print(f"export_release: error: {exc}", file=sys.stderr)

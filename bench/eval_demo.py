@@ -174,6 +174,10 @@ def evaluate(args) -> dict:
     scales.update(dict(args.guidance))
     demo.gen.args.task_guidance_scale = scales
     results["guidance_scale"] = {task: scales.get(task, 0.0) for task in ("text2image", "image2text")}
+    top_k = dict(getattr(demo.gen.args, "task_guidance_top_k", {}))
+    top_k.update(dict(getattr(args, "guidance_top_k", [])))
+    demo.gen.args.task_guidance_top_k = top_k
+    results["guidance_top_k"] = {task: top_k.get(task, 0) for task in ("text2image", "image2text")}
     if getattr(args, "caption_rerank_weight", None) is not None:
         demo.gen.args.caption_rerank_weight = args.caption_rerank_weight
     results["caption_rerank_weight"] = demo.gen.caption_rerank_weight()
@@ -329,8 +333,13 @@ def _low_level_psnr(sr: Demo, group: List[Scene], size: int) -> dict:
             "seconds_per_image": round(secs / len(group), 2)}
 
 
-def _guidance_words(scales: Dict[str, float]) -> str:
-    return ", ".join(f"{task} {scales.get(task, 0.0) or 'off'}" for task in ("text2image", "image2text"))
+def _guidance_words(scales: Dict[str, float], top_k: Dict[str, int]) -> str:
+    words = []
+    for task in ("text2image", "image2text"):
+        scale, k = scales.get(task, 0.0), top_k.get(task, 0)
+        among = f" among the {k} most likely tokens (--guidance-top-k {k})" if scale and k else ""
+        words.append(f"{task} {scale or 'off'}{among}")
+    return ", ".join(words)
 
 
 def report(results: dict) -> str:
@@ -341,7 +350,7 @@ def report(results: dict) -> str:
         "two-object scenes, each containing a (colour, shape) pair never trained on; English and "
         "Chinese prompts alternate. Checker: data_utils/shapes_checker.py. Images sampled at "
         f"temperature {results['temperature']}, top-k {results['top_k']}; --guidance-scale "
-        f"{_guidance_words(results.get('guidance_scale', {}))}; a two-object "
+        f"{_guidance_words(results.get('guidance_scale', {}), results.get('guidance_top_k', {}))}; a two-object "
         "caption may name either object first (\"a blue circle below a red star\" is \"a red star "
         "above a blue circle\").",
         "",
@@ -430,7 +439,7 @@ def write_picture(model: str, prompts_file: str, out: str, per_prompt: int = 4, 
 
 
 def main(argv=None) -> int:
-    from arch.export_release import task_scale
+    from arch.export_release import task_scale, task_top_k
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=os.path.join(ROOT, "pretrained/cogview/cogview-demo"))
     p.add_argument("--sr-model", default=os.path.join(ROOT, "pretrained/cogview/cogview-demo-sr"))
@@ -446,6 +455,9 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", action="append", default=[], metavar="TASK=S", type=task_scale,
                    help="--guidance-scale for text2image or image2text instead of the checkpoint's "
                         "(repeatable; 0 = off)")
+    p.add_argument("--guidance-top-k", action="append", default=[], metavar="TASK=K", type=task_top_k,
+                   help="--guidance-top-k for text2image or image2text instead of the checkpoint's "
+                        "(repeatable; 0 = every token)")
     p.add_argument("--caption-rerank-weight", type=float, metavar="W",
                    help="--caption-rerank-weight of the ranked captions instead of the checkpoint's")
     p.add_argument("--seed", type=int, default=7)

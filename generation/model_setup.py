@@ -62,6 +62,10 @@ def apply_checkpoint_config(args, argv: Optional[Iterable[str]] = None) -> Optio
     guidance = config.get("guidance_scale")
     if isinstance(guidance, dict) and "guidance_scale" not in given:
         args.task_guidance_scale = {str(k): float(v) for k, v in guidance.items()}
+    # --guidance-top-k per task, e.g. {"text2image": 2}
+    guidance_top_k = config.get("guidance_top_k")
+    if isinstance(guidance_top_k, dict) and "guidance_top_k" not in given:
+        args.task_guidance_top_k = {str(k): int(v) for k, v in guidance_top_k.items()}
     if "caption_rerank" in config and "caption_rerank" not in given:
         args.caption_rerank = bool(config["caption_rerank"])
     if "caption_rerank_weight" in config and "caption_rerank_weight" not in given:

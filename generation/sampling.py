@@ -41,11 +41,17 @@ class Guidance:
     caption follows ``... [EOI1] [ROI1]`` in one and starts at ``[ROI1]`` in the other.
     Scaling up what the condition adds over the prior favours what the condition says
     over what is merely usual (a held-out colour/shape pair over a seen one).
+
+    ``top_k`` > 0 draws the guided token only among the ``top_k`` tokens the conditioned
+    model finds most likely (guidance reorders them): the plausibility constraint of
+    contrastive decoding, so that guidance cannot pick a token the model itself finds
+    unlikely at that point (on the demo model, a code that breaks the shape being drawn).
     """
 
     scale: float
     start: int
     prefix: Sequence[int] = ()
+    top_k: int = 0
 
 
 @dataclass
@@ -110,6 +116,29 @@ def _positions(start: int, end: int, roi2_offset: torch.Tensor) -> torch.Tensor:
     return torch.where(pos > roi2_offset[:, None], pos - roi2_offset[:, None], pos)
 
 
+def _mask_other_modes(logits: torch.Tensor, lo: int, ranges: List[Tuple[int, int]]) -> torch.Tensor:
+    """-inf outside each row's allowed id range when rows are in different modes."""
+    if all(r == ranges[0] for r in ranges):
+        return logits
+    ids = torch.arange(lo, lo + logits.size(-1), device=logits.device)
+    bounds = torch.tensor(ranges, device=logits.device)
+    allowed = (ids[None] >= bounds[:, :1]) & (ids[None] < bounds[:, 1:])
+    return logits.masked_fill(~allowed, -float("inf"))
+
+
+def _guided_logits(cond: torch.Tensor, prior: torch.Tensor, guidance: Guidance, lo: int,
+                   ranges: List[Tuple[int, int]]) -> torch.Tensor:
+    """cond + scale * (cond - prior); with ``guidance.top_k``, -inf outside each row's
+    ``top_k`` most likely ids under cond (among the ids its mode allows)."""
+    cond = cond.float()
+    guided = cond + guidance.scale * (cond - prior.float())
+    if guidance.top_k <= 0:
+        return guided
+    cond = _mask_other_modes(cond, lo, ranges)
+    kth = cond.topk(min(guidance.top_k, cond.size(-1)), dim=-1).values[:, -1:]
+    return guided.masked_fill(cond < kth, -float("inf"))
+
+
 def _sample(logits: torch.Tensor, lo: int, ranges: List[Tuple[int, int]], config: SamplingConfig,
             generator: Optional[torch.Generator]):
     """One token per row from its allowed range; ``logits`` hold ids lo, lo+1, ...
@@ -118,12 +147,7 @@ def _sample(logits: torch.Tensor, lo: int, ranges: List[Tuple[int, int]], config
     argmax(p / E), E ~ Exp(1): an exact draw from p that costs one pass over the
     slice (torch.multinomial is much slower on CPU).
     """
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    if any(r != ranges[0] for r in ranges):  # rows in different modes: mask per row
-        ids = torch.arange(lo, lo + logits.size(-1), device=logits.device)
-        bounds = torch.tensor(ranges, device=logits.device)
-        allowed = (ids[None] >= bounds[:, :1]) & (ids[None] < bounds[:, 1:])
-        logits = logits.masked_fill(~allowed, -float("inf"))
+    logits = _mask_other_modes(logits.to(torch.promote_types(logits.dtype, torch.float32)), lo, ranges)
     logits = top_k_logits(logits / config.temperature, config.top_k, config.top_p)
     log_probs = F.log_softmax(logits, dim=-1)
     race = torch.empty_like(log_probs).exponential_(generator=generator)
@@ -233,7 +257,7 @@ def filling_sequence(model, seq: Sequence[int], batch_size: int, layout: TokenLa
         if prior is not None:
             prior_tokens = torch.cat([prior_prefix.expand(tokens.size(0), -1), tokens[:, guidance.start:]], 1)
             unconditional = prior.feed(prior_tokens, p - shift, no_offset.expand(tokens.size(0)), (lo, hi))
-            logits = logits.float() + guidance.scale * (logits.float() - unconditional.float())
+            logits = _guided_logits(logits, unconditional, guidance, lo, ranges)
         if tokens.size(0) == 1 and batch_size > 1:
             runner.expand(batch_size)
             if prior is not None:

@@ -38,6 +38,8 @@ SR_TEXT_LENGTH=${SR_TEXT_LENGTH:-20}    # super-resolution captions padded to th
 SR_POSITIONS=${SR_POSITIONS:-352}       # super-resolution position table: a whole row (329 + SR_TEXT_LENGTH)
 CAPTION_GUIDANCE=${CAPTION_GUIDANCE:-0.5} # image2text --guidance-scale recorded with the base GPT (0: off)
 CAPTION_RERANK_WEIGHT=${CAPTION_RERANK_WEIGHT:-3} # image2text --caption-rerank-weight recorded with it
+IMAGE_GUIDANCE=${IMAGE_GUIDANCE:-0.6}   # text2image --guidance-scale recorded with the base GPT (0: off)
+IMAGE_GUIDANCE_TOP_K=${IMAGE_GUIDANCE_TOP_K:-2} # ... among that many most likely codes (--guidance-top-k)
 VQ_IMAGES=${VQ_IMAGES:-24000}
 VQ_DECODER_ITERS=${VQ_DECODER_ITERS:-4000}
 VQ_DECODER_IMAGES=${VQ_DECODER_IMAGES:-30000}
@@ -181,10 +183,13 @@ if want export; then
   for name in cogview-demo cogview-demo-sr; do
     if [ -f "$CKPT/$name/latest_checkpointed_iteration.txt" ]; then
       # the both-directions model captions with guidance and ranks them by log p(image | caption)
-      # + CAPTION_RERANK_WEIGHT log p(caption | image) (bench/RESULTS.md, "Caption guidance and ranking")
+      # + CAPTION_RERANK_WEIGHT log p(caption | image), and draws images with guidance among its
+      # IMAGE_GUIDANCE_TOP_K most likely codes (bench/RESULTS.md, "Caption guidance and ranking",
+      # "Guidance for text2image")
       img_tokenizer=$VQVAE_BASE
       extra=(--guidance-scale "image2text=$CAPTION_GUIDANCE" --caption-rerank
-             --caption-rerank-weight "$CAPTION_RERANK_WEIGHT")
+             --caption-rerank-weight "$CAPTION_RERANK_WEIGHT"
+             --guidance-scale "text2image=$IMAGE_GUIDANCE" --guidance-top-k "text2image=$IMAGE_GUIDANCE_TOP_K")
       [ "$name" = cogview-demo ] || { img_tokenizer=$VQVAE; extra=(); }
       rm -rf "$PRETRAINED_DIR/cogview/$name"
       "$PYTHON" -m arch.export_release gpt "$CKPT/$name" "$PRETRAINED_DIR/cogview/$name" --dtype float16 \

@@ -97,6 +97,7 @@ def test_device_parsing():
       "--query-window", "64"], "divisible"),
     (["--device", "tpu"], "expected cpu"),
     (["--hidden-size", "100", "--num-attention-heads", "16"], "not divisible"),
+    (["--guidance-top-k", "-1"], "--guidance-top-k must be >= 0"),
 ])
 def test_conflicts_fail_with_one_line(argv, needle, capsys):
     with pytest.raises(SystemExit) as info:

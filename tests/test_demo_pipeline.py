@@ -128,7 +128,8 @@ def test_export_release(tmp_path, demo_tokenizer):
     dst = str(tmp_path / "release" / "cogview-demo")
     out = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", ckpt, dst, "--dtype", "float16",
                           "--guidance-scale", "image2text=0.5", "--caption-rerank",
-                          "--caption-rerank-weight", "1.5"], cwd=ROOT, capture_output=True, text=True)
+                          "--caption-rerank-weight", "1.5", "--guidance-top-k", "text2image=2"],
+                         cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     state = load_checkpoint_state(dst)
     original = load_checkpoint_state(ckpt)
@@ -140,7 +141,7 @@ def test_export_release(tmp_path, demo_tokenizer):
         config = json.load(f)
     assert os.path.samefile(os.path.join(dst, config["img_tokenizer_path"]), vq)
     assert config["guidance_scale"] == {"image2text": 0.5} and config["caption_rerank"] is True
-    assert config["caption_rerank_weight"] == 1.5
+    assert config["caption_rerank_weight"] == 1.5 and config["guidance_top_k"] == {"text2image": 2}
     # the exported folder drives generation without shape flags
     from arguments import get_args
     from generation.model_setup import apply_checkpoint_config
@@ -148,12 +149,16 @@ def test_export_release(tmp_path, demo_tokenizer):
     apply_checkpoint_config(args, ["--load", dst])
     assert args.num_layers == 2 and args.hidden_size == 32 and args.task_guidance_scale == {"image2text": 0.5}
     assert args.caption_rerank is True and args.caption_rerank_weight == 1.5
+    assert args.task_guidance_top_k == {"text2image": 2}
     given = get_args(["--load", dst, "--caption-rerank-weight", "0"])  # a flag wins over the config
     apply_checkpoint_config(given, ["--load", dst, "--caption-rerank-weight", "0"])
     assert given.caption_rerank_weight == 0
     bad_scale = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", ckpt, str(tmp_path / "out"),
                                 "--guidance-scale", "captions=1"], cwd=ROOT, capture_output=True, text=True)
     assert bad_scale.returncode == 2 and "image2text=S" in bad_scale.stderr and not os.path.exists(tmp_path / "out")
+    bad_k = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", ckpt, str(tmp_path / "out"),
+                            "--guidance-top-k", "text2image=0.5"], cwd=ROOT, capture_output=True, text=True)
+    assert bad_k.returncode == 2 and "whole number" in bad_k.stderr and not os.path.exists(tmp_path / "out")
     # a bad source gives one line and no output
     bad = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", str(tmp_path / "nope"),
                           str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)
@@ -253,7 +258,8 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     with open(pre / "cogview" / "cogview-demo" / "model_config.json") as f:
         config = json.load(f)
     assert config["img_size"] == 64 and config["num_layers"] == 8 and config["max_position_embeddings"] == 96
-    assert config["guidance_scale"] == {"image2text": 0.5} and "guidance_scale" not in sr_config  # CAPTION_GUIDANCE
+    assert config["guidance_scale"] == {"image2text": 0.5, "text2image": 0.6} and "guidance_scale" not in sr_config
+    assert config["guidance_top_k"] == {"text2image": 2} and "guidance_top_k" not in sr_config  # IMAGE_GUIDANCE_TOP_K
     assert config["caption_rerank"] is True and "caption_rerank" not in sr_config
     assert config["caption_rerank_weight"] == 3 and "caption_rerank_weight" not in sr_config  # CAPTION_RERANK_WEIGHT
     assert os.path.samefile(os.path.join(pre, "cogview", "cogview-demo", config["txt_tokenizer_path"]),

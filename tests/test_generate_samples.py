@@ -198,14 +198,17 @@ def test_sr_text_length_comes_from_model_config(assets, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("task,line,flag,expected", [
-    ("image2text", "IMAGE", [], 1.0),                                 # the checkpoint's value for the task
+    ("image2text", "IMAGE", [], (1.0, 3)),                            # the checkpoint's values for the task
     ("text2image", "a red circle", [], None),                         # none recorded for this task: off
-    ("image2text", "IMAGE", ["--guidance-scale", "0.25"], 0.25),      # the flag wins
-    ("text2image", "a red circle", ["--guidance-scale", "2"], 2.0),
+    ("image2text", "IMAGE", ["--guidance-scale", "0.25"], (0.25, 3)),  # the flag wins
+    ("image2text", "IMAGE", ["--guidance-top-k", "0"], (1.0, 0)),
+    ("text2image", "a red circle", ["--guidance-scale", "2"], (2.0, 0)),
+    ("text2image", "a red circle", ["--guidance-scale", "2", "--guidance-top-k", "4"], (2.0, 4)),
 ])
 def test_guidance_scale_per_task_from_model_config(assets, tmp_path, monkeypatch, task, line, flag, expected):
-    """model_config.json's {"guidance_scale": {task: s}} sets --guidance-scale per task;
-    the prior starts at the size token (text2image) or [ROI1] (image2text)."""
+    """model_config.json's {"guidance_scale": {task: s}, "guidance_top_k": {task: k}} set
+    --guidance-scale / --guidance-top-k per task; the prior starts at the size token
+    (text2image) or [ROI1] (image2text)."""
     import json
     import shutil
     ckpt = str(tmp_path / "guided_ckpt")
@@ -216,6 +219,7 @@ def test_guidance_scale_per_task_from_model_config(assets, tmp_path, monkeypatch
     for key in ("img_tokenizer_path", "txt_tokenizer_path"):
         config[key] = os.path.relpath(os.path.join(assets["ckpt"], config[key]), ckpt)
     config["guidance_scale"] = {"image2text": 1.0}
+    config["guidance_top_k"] = {"image2text": 3}
     with open(config_path, "w") as f:
         json.dump(config, f)
     seen = []
@@ -234,7 +238,7 @@ def test_guidance_scale_per_task_from_model_config(assets, tmp_path, monkeypatch
         # [ROI1] text | [TINY] [BOI1] codes;  [TINY] [BOI1] 64 codes [EOI1] | [ROI1] caption
         first = 1 + len(tok.EncodeAsIds(line)) if task == "text2image" else 2 + 64 + 1
         assert ids[first] == (tok["[TINY]"] if task == "text2image" else tok["[ROI1]"])
-        assert (guidance.scale, guidance.start, list(guidance.prefix)) == (expected, first, [])
+        assert (guidance.scale, guidance.top_k, guidance.start, list(guidance.prefix)) == (*expected, first, [])
 
 
 def test_sr_text_length_refuses_a_longer_caption(assets, tmp_path, capsys):

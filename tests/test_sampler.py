@@ -165,9 +165,10 @@ def test_super_resolution_windows_identical_for_every_algorithm():
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 
-def _guided_log_probs(model, seq, sample, start, scale):
+def _guided_log_probs(model, seq, sample, start, scale, top_k=0):
     """Summed log-probabilities of a sample's generated tokens under
-    log_softmax(cond + scale * (cond - prior)) over the allowed slice, by full
+    log_softmax(cond + scale * (cond - prior)) over the allowed slice (only the ``top_k``
+    ids cond ranks highest, when given; the sample must be among them), by full
     recomputation; the prior is the sample from ``start`` on, on its own."""
     context = seq.index(-1)
     lo, hi = (0, I) if C["[EOI1]"] not in seq[:context] else (I, I + T)
@@ -181,7 +182,12 @@ def _guided_log_probs(model, seq, sample, start, scale):
     total = 0.0
     for p in range(context, len(seq)):
         cond, prior = last_logits(sample[:p]), last_logits(sample[start:p])
-        total += float(torch.log_softmax(cond + scale * (cond - prior), -1)[sample[p] - lo])
+        guided = cond + scale * (cond - prior)
+        if top_k:
+            keep = cond.topk(top_k).indices
+            assert sample[p] - lo in keep.tolist()
+            guided = torch.full_like(guided, -float("inf")).index_copy(0, keep, guided[keep])
+        total += float(torch.log_softmax(guided, -1)[sample[p] - lo])
     return total
 
 
@@ -209,6 +215,33 @@ def test_guidance_samples_cond_plus_scale_times_cond_minus_prior(task, start):
                            guidance=Guidance(0.0, start=start))
     assert torch.equal(off, unguided)
     assert not torch.equal(tokens, unguided)  # the guidance changed what was drawn
+
+
+@pytest.mark.parametrize("task,start", [("text2image", 4), ("image2text", 19)])
+def test_guidance_top_k_draws_among_the_conditioned_models_most_likely(task, start):
+    """Guidance(top_k=k) draws each token from the guided distribution restricted to the k
+    ids the conditioned model ranks highest (full-recompute reference), identically for every
+    algorithm; k = 1 is the conditioned model's greedy choice whatever the scale."""
+    from generation import Guidance
+    model, seq = model_fixture(), QUERIES[task]
+    outs = {}
+    for sampler in ("full", "kv-cache", "mems"):
+        gen = torch.Generator().manual_seed(4)
+        outs[sampler] = filling_sequence(model, seq, 4, LAYOUT, SamplingConfig(), sampler=sampler, generator=gen,
+                                         return_scores=True, guidance=Guidance(1.5, start=start, top_k=2))
+    tokens, scores = outs["full"]
+    for sampler in ("kv-cache", "mems"):
+        assert torch.equal(outs[sampler][0], tokens), sampler
+        torch.testing.assert_close(outs[sampler][1], scores, atol=1e-4, rtol=1e-5)
+    for row, score in zip(tokens.tolist(), scores.tolist()):
+        assert score == pytest.approx(_guided_log_probs(model, seq, row, start, 1.5, top_k=2), abs=1e-4)
+    unrestricted = filling_sequence(model, seq, 4, LAYOUT, SamplingConfig(), generator=torch.Generator().manual_seed(4),
+                                    guidance=Guidance(1.5, start=start))
+    assert not torch.equal(tokens, unrestricted)  # the restriction changed what was drawn
+    greedy = run(model, seq, 1, "kv-cache", top_k=1)[0]
+    one = filling_sequence(model, seq, 1, LAYOUT, SamplingConfig(), generator=torch.Generator().manual_seed(4),
+                           guidance=Guidance(3.0, start=start, top_k=1))
+    assert torch.equal(one, greedy)
 
 
 def test_guidance_prefix_and_bad_start():
