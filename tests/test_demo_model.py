@@ -128,9 +128,9 @@ def test_eval_script_runs_and_reports_every_measure(tmp_path):
                 "post_selection", "text2image_seconds_per_image"):
         assert key in numbers
     # the shipped config's caption settings are what the evaluation used
-    assert numbers["guidance_scale"] == {"text2image": 0.6, "image2text": 0.5}
+    assert numbers["guidance_scale"] == {"text2image": 0.8, "image2text": 0.5}
     assert numbers["guidance_top_k"] == {"text2image": 2, "image2text": 0}
-    assert "--guidance-scale text2image 0.6 among the 2 most likely tokens (--guidance-top-k 2)" in result.stdout
+    assert "--guidance-scale text2image 0.8 among the 2 most likely tokens (--guidance-top-k 2)" in result.stdout
     assert numbers["caption_rerank_weight"] == 3
     assert 0 <= numbers["image2text_ranked"]["one"]["all"] <= 100
     assert 0 <= numbers["text2image"]["one"]["colour"] <= 100

@@ -249,6 +249,13 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     assert (ckpts / "vqvae-base" / "latest").read_text() == "2"
     assert all(torch.equal(base[k], v) for k, v in vqvae.load_model(ckpts / "vqvae-base").state_dict().items())
     assert not all(torch.equal(base[k], v) for k, v in shipped.items() if k.startswith("enc"))
+    # the base GPT trains with GPT_WEIGHT_DECAY (0.1, with GPT_DROPOUT), the SR GPT with 0.01
+    def weight_decay(name):
+        run = ckpts / name
+        it = (run / "latest_checkpointed_iteration.txt").read_text().strip()
+        state = torch.load(run / it / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        return max(group["weight_decay"] for group in state["optimizer"]["param_groups"])
+    assert weight_decay("cogview-demo") == 0.1 and weight_decay("cogview-demo-sr") == 0.01
     with open(pre / "cogview" / "cogview-demo-sr" / "model_config.json") as f:
         sr_config = json.load(f)  # positions count on through [ROI2]; the table starts aligned
     assert sr_config["max_position_embeddings"] == 352 and sr_config["roi2_position_restart"] is False
@@ -258,7 +265,7 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     with open(pre / "cogview" / "cogview-demo" / "model_config.json") as f:
         config = json.load(f)
     assert config["img_size"] == 64 and config["num_layers"] == 8 and config["max_position_embeddings"] == 96
-    assert config["guidance_scale"] == {"image2text": 0.5, "text2image": 0.6} and "guidance_scale" not in sr_config
+    assert config["guidance_scale"] == {"image2text": 0.5, "text2image": 0.8} and "guidance_scale" not in sr_config
     assert config["guidance_top_k"] == {"text2image": 2} and "guidance_top_k" not in sr_config  # IMAGE_GUIDANCE_TOP_K
     assert config["caption_rerank"] is True and "caption_rerank" not in sr_config
     assert config["caption_rerank_weight"] == 3 and "caption_rerank_weight" not in sr_config  # CAPTION_RERANK_WEIGHT
