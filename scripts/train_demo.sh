@@ -159,7 +159,7 @@ if want gpt; then
   say "CogView GPT ($GPT_ITERS iterations of $GPT_BATCH)"
   # Dropout and weight decay 0.1: the shipped GPT without them drew a (colour, shape) pair it
   # never saw as a shape it had seen with that colour; fine-tuned with them, held-out shapes
-  # went from 55 to 66-70% and two-object scenes from 65 to 73-76% (bench/RESULTS.md).
+  # went from 55 to 66% and two-object scenes from 65 to 73% (three draws; bench/RESULTS.md).
   INIT=$GPT_INIT DROPOUT=$GPT_DROPOUT WEIGHT_DECAY=$GPT_WEIGHT_DECAY train_gpt cogview-demo "$DEMO_DIR/gpt.lmdb" "$GPT_ITERS" "$GPT_BATCH" "$GPT_POSITIONS" 8 256 8 "$GPT_LR"
 fi
 
