@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sr-text-length", type=int, default=0,
                    help="super-resolution: pad captions with [PAD] to this many tokens, the model's "
                         "--sr-text-length (longer captions are skipped; 0: not padded, as the original)")
+    g.add_argument("--sr-low-level", action="store_true",
+                   help="super-resolution: also one low-level super-resolution row per image (the whole image "
+                        "read at half --img-size, then at --img-size: the low-level super-resolution query)")
     g.add_argument("--seed", type=int, default=1234, help="seed of the super-resolution window draw")
     g = p.add_argument_group("speed")
     g.add_argument("--num-workers", type=int, default=default_workers(),
@@ -83,7 +86,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         captions_format=args.captions_format, task=args.task, output_format=args.output_format,
         txt_tokenizer_path=args.txt_tokenizer_path, img_size=args.img_size, min_size=args.min_size,
         max_text_tokens=args.max_text_tokens, sr_windows_per_image=args.sr_windows_per_image,
-        sr_text_length=args.sr_text_length,
+        sr_text_length=args.sr_text_length, sr_low_level=args.sr_low_level,
         num_workers=args.num_workers, batch_size=args.batch_size, commit_every=args.commit_every,
         device=args.device, seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)
 

@@ -195,20 +195,24 @@ def write_gpt_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
 
 def write_sr_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
                   txt_tokenizer_path: str, device: str, windows_per_scene: int = 3,
-                  text_length: int = 0) -> int:
+                  text_length: int = 0, low_level_fraction: float = 0.0) -> int:
     """Super-resolution rows (preprocess.rows.sr_row: what generation.magnify feeds the model):
     ``windows_per_scene`` different random windows of each scene encoded at img_size, each with
     its block of the scene encoded at twice the size (encoding at twice the size is the
-    expensive part, so scenes are reused). With 16x16 codes a window is 8x8 -> 16x16, which
-    is also the low-level super-resolution query at img_size (a half-size image, 8x8 codes,
-    to a 16x16 image), so one model serves both scripts. ``text_length`` pads every caption
-    to that many tokens (the model's --sr-text-length)."""
+    expensive part, so scenes are reused). With 16x16 codes a window is 8x8 -> 16x16, the
+    length of the low-level super-resolution query at img_size (a half-size image, 8x8 codes,
+    to a 16x16 image), so one model can serve both scripts if it also sees that query: with
+    ``low_level_fraction`` > 0 that share of the rows are low-level rows instead
+    (``low_level_sr_row``: the whole scene at half img_size -> at img_size); a window never
+    shows a whole image (four image borders, shapes at half size). ``text_length`` pads every
+    caption to that many tokens (the model's --sr-text-length)."""
     from data_utils.row_format import encode_row
-    from preprocess.rows import sr_layout, sr_positions, sr_row
+    from preprocess.rows import low_level_sr_row, sr_layout, sr_positions, sr_row
     tok = _tokenizer(vqvae, txt_tokenizer_path)
     scenes = sample_scenes(-(-num // windows_per_scene), seed + 2)
     enc = _Encoder(vqvae, device)
     low, high = enc.encode(scenes, img_size), enc.encode(scenes, 2 * img_size)
+    half = enc.encode(scenes, img_size // 2) if low_level_fraction > 0 else None
     grid = int(round(len(low[0]) ** 0.5))
     layout = sr_layout(grid)
     positions = sr_positions(layout)
@@ -218,7 +222,10 @@ def write_sr_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
         for i, scene in enumerate(tqdm(scenes, desc="writing rows", mininterval=5)):
             for position in rng.sample(positions, min(windows_per_scene, len(positions))):
                 text_ids = tok(caption(scene, rng.choice(LANGUAGES)))
-                yield encode_row(sr_row(tok, text_ids, low[i], high[i], position, layout, text_length))
+                if half is not None and rng.random() < low_level_fraction:
+                    yield encode_row(low_level_sr_row(tok, text_ids, half[i], low[i], text_length))
+                else:
+                    yield encode_row(sr_row(tok, text_ids, low[i], high[i], position, layout, text_length))
 
     return write_lmdb(out, itertools.islice(rows(), num))
 
@@ -284,6 +291,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--vocab-size", type=int, default=320, help="tokenizer pieces (tokenizer)")
     p.add_argument("--sr-text-length", type=int, default=0,
                    help="pad super-resolution captions to this many tokens (sr; the model's --sr-text-length)")
+    p.add_argument("--low-level-fraction", type=float, default=0.0,
+                   help="sr: share of rows that are whole-image low-level super-resolution rows "
+                        "(half --img-size -> --img-size)")
     p.add_argument("--per-kind", type=int, default=100, help="held-out prompts per kind")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)
@@ -300,7 +310,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                            a.image2text_fraction)
     elif a.step == "sr":
         n = write_sr_lmdb(a.out, a.num, a.seed, a.img_size, a.vqvae, a.txt_tokenizer_path, a.device,
-                          text_length=a.sr_text_length)
+                          text_length=a.sr_text_length, low_level_fraction=a.low_level_fraction)
     elif a.step == "examples":
         n = write_examples(a.out, a.img_size)
     else:

@@ -7,7 +7,7 @@ Entry point: preprocess_entry.py.
 """
 from .pipeline import PreprocessConfig, SetupError, run
 from .records import Record, read_captions
-from .rows import SRLayout, sr_layout, sr_positions, sr_row
+from .rows import SRLayout, low_level_sr_row, sr_layout, sr_positions, sr_row
 
 __all__ = ["PreprocessConfig", "Record", "SRLayout", "SetupError", "read_captions", "run",
-           "sr_layout", "sr_positions", "sr_row"]
+           "sr_layout", "sr_positions", "sr_row", "low_level_sr_row"]

@@ -30,7 +30,7 @@ from data_utils.unified_tokenizer import SIZE_TOKENS, UnifiedTokenizer
 from .images import Prepared, prepare_chunk
 from .journal import Journal, report_path_for
 from .records import Record, read_captions
-from .rows import code_dtype, sr_layout, sr_positions, sr_row, text_code_row, tokenized_row
+from .rows import code_dtype, low_level_sr_row, sr_layout, sr_positions, sr_row, text_code_row, tokenized_row
 
 TASKS = ("text2image", "super-resolution")
 OUTPUT_FORMATS = ("Tokenized", "TextCode")
@@ -57,6 +57,7 @@ class PreprocessConfig:
     max_text_tokens: int = 0                 # 0: no limit
     sr_windows_per_image: int = 0            # 0: every window
     sr_text_length: int = 0                  # super-resolution captions padded to this (0: not padded)
+    sr_low_level: bool = False               # super-resolution: also a whole-image low-level row per image
     num_workers: int = 2
     batch_size: int = 32
     commit_every: int = 1000
@@ -163,7 +164,13 @@ def _setup(cfg: PreprocessConfig) -> _Setup:
         settings.update(sr_windows_per_image=cfg.sr_windows_per_image, seed=cfg.seed)
         if cfg.sr_text_length:  # recorded only when set, so earlier unpadded runs still resume
             settings.update(sr_text_length=cfg.sr_text_length)
+        if cfg.sr_low_level:  # half of an 8..64 grid is a whole grid: no size to refuse
+            settings.update(sr_low_level=True)
+    elif cfg.sr_low_level:
+        raise SetupError("--sr-low-level adds rows to --task super-resolution only")
     sizes = (cfg.img_size, 2 * cfg.img_size) if sr else (cfg.img_size,)
+    if sr and cfg.sr_low_level:
+        sizes += (cfg.img_size // 2,)
     min_size = cfg.min_size if cfg.min_size is not None else max(1, cfg.img_size // 4)
     return _Setup(model, tok, grid, sizes, min_size, settings)
 
@@ -237,6 +244,10 @@ class _Writer:
                     row = sr_row(self.setup.tok, text_ids, codes[0][k], codes[1][k], (i, j), self.layout,
                                  self.cfg.sr_text_length)
                     self.journal.add_row(self.writer.append(row), f"{record.key}#{i},{j}")
+                    n += 1
+                if self.cfg.sr_low_level:  # the whole image at half size -> full size
+                    row = low_level_sr_row(self.setup.tok, text_ids, codes[2][k], codes[0][k], self.cfg.sr_text_length)
+                    self.journal.add_row(self.writer.append(row), f"{record.key}#low-level")
                     n += 1
                 continue
             if self.cfg.output_format == "TextCode":

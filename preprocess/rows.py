@@ -17,6 +17,11 @@ matching 2w x 2w block at (2i*stride, 2j*stride) of the same image encoded at tw
 always match what magnify feeds the model. With ``text_length`` > 0 (the model flag
 --sr-text-length) the caption is padded with [PAD] to that many tokens, so the low-res codes
 sit at the same positions whatever the caption's length (new; the original does not pad).
+Low-level super-resolution rows (``low_level_sr_row``) have the same layout with the
+whole image as the window: the image encoded at half --img-size (g/2 x g/2 codes) and at
+--img-size (g x g), which is the query generate_samples.py builds for low-level
+super-resolution (new: magnify's windows alone never show the model a whole image, and
+a model trained on them alone draws noise for that query).
 (The original's rows put the whole 32x32 overview and a [POSk] crop index in front of
 the crop, which magnify never feeds a model; see the README section.)
 """
@@ -86,10 +91,31 @@ def sr_row(tok: UnifiedTokenizer, text_ids: Sequence[int], low: np.ndarray, high
     i, j = position
     low_grid = np.asarray(low).reshape(g, g)
     high_grid = np.asarray(high).reshape(2 * g, 2 * g)
-    low_block = low_grid[i * s:i * s + w, j * s:j * s + w].reshape(-1)
-    high_block = high_grid[2 * i * s:2 * i * s + 2 * w, 2 * j * s:2 * j * s + 2 * w].reshape(-1)
-    head = [tok["[ROI1]"], *padded_text(text_ids, text_length, tok["[PAD]"]), tok[SIZE_TOKENS[g]], tok["[BOI1]"]]
-    middle = [tok[name] for name in sr_middle_tokens(w)]
-    return np.concatenate([np.asarray(head, dtype=np.int64), low_block.astype(np.int64),
-                           np.asarray(middle, dtype=np.int64), high_block.astype(np.int64),
+    low_block = low_grid[i * s:i * s + w, j * s:j * s + w]
+    high_block = high_grid[2 * i * s:2 * i * s + 2 * w, 2 * j * s:2 * j * s + 2 * w]
+    return _sr_sequence(tok, text_ids, g, low_block, high_block, text_length)
+
+
+def _sr_sequence(tok: UnifiedTokenizer, text_ids: Sequence[int], grid: int, low_block: np.ndarray,
+                 high_block: np.ndarray, text_length: int) -> np.ndarray:
+    """``[ROI1] text [size(grid)] [BOI1] low [EOI1] [ROI2] [POS0] [size(2w)] [BOI2] high [EOI2]``
+    for a w x w ``low_block`` and its 2w x 2w ``high_block``."""
+    window = int(np.asarray(low_block).shape[0])
+    head = [tok["[ROI1]"], *padded_text(text_ids, text_length, tok["[PAD]"]), tok[SIZE_TOKENS[grid]], tok["[BOI1]"]]
+    middle = [tok[name] for name in sr_middle_tokens(window)]
+    return np.concatenate([np.asarray(head, dtype=np.int64), np.asarray(low_block, dtype=np.int64).reshape(-1),
+                           np.asarray(middle, dtype=np.int64), np.asarray(high_block, dtype=np.int64).reshape(-1),
                            np.asarray([tok["[EOI2]"]], dtype=np.int64)]).astype(np.int32)
+
+
+def low_level_sr_row(tok: UnifiedTokenizer, text_ids: Sequence[int], low: np.ndarray, high: np.ndarray,
+                     text_length: int = 0) -> np.ndarray:
+    """One low-level super-resolution training row: the whole ``low`` grid (h x h codes,
+    the image at half size) then the whole ``high`` grid (2h x 2h, the image at full size),
+    laid out as generate_samples.py's low-level super-resolution query (whose size tokens
+    both name the full-size grid)."""
+    low, high = np.asarray(low).reshape(-1), np.asarray(high).reshape(-1)
+    h = int(round(len(low) ** 0.5))
+    if h * h != len(low) or len(high) != 4 * h * h:
+        raise ValueError(f"low-level rows need h x h and 2h x 2h codes, got {len(low)} and {len(high)}")
+    return _sr_sequence(tok, text_ids, 2 * h, low.reshape(h, h), high.reshape(2 * h, 2 * h), text_length)

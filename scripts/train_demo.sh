@@ -38,6 +38,7 @@ SR_LR=${SR_LR:-1e-3}
 SR_INIT=${SR_INIT:-}                    # start the super-resolution GPT from these weights instead of scratch
 SR_TEXT_LENGTH=${SR_TEXT_LENGTH:-20}    # super-resolution captions padded to this many tokens (0: not padded)
 SR_POSITIONS=${SR_POSITIONS:-352}       # super-resolution position table: a whole row (329 + SR_TEXT_LENGTH)
+SR_LOW_LEVEL=${SR_LOW_LEVEL:-0.25}      # share of super-resolution rows that are whole-image low-level rows
 CAPTION_GUIDANCE=${CAPTION_GUIDANCE:-0.5} # image2text --guidance-scale recorded with the base GPT (0: off)
 CAPTION_RERANK_WEIGHT=${CAPTION_RERANK_WEIGHT:-3} # image2text --caption-rerank-weight recorded with it
 IMAGE_GUIDANCE=${IMAGE_GUIDANCE:-0.8}   # text2image --guidance-scale recorded with the base GPT (0: off)
@@ -164,13 +165,16 @@ if want gpt; then
 fi
 
 if want sr-data && [ -d "$DEMO_DIR/sr.lmdb" ]; then
-  kept "$DEMO_DIR/sr.lmdb" "SR_ROWS=$SR_ROWS SR_TEXT_LENGTH=$SR_TEXT_LENGTH"
+  kept "$DEMO_DIR/sr.lmdb" "SR_ROWS=$SR_ROWS SR_TEXT_LENGTH=$SR_TEXT_LENGTH SR_LOW_LEVEL=$SR_LOW_LEVEL"
 fi
 if want sr-data && [ ! -d "$DEMO_DIR/sr.lmdb" ]; then
   say "super-resolution rows ($SR_ROWS)"
+  # magnify's windows (SR_IMG_SIZE -> twice) and, SR_LOW_LEVEL of them, whole images at half
+  # SR_IMG_SIZE -> SR_IMG_SIZE: the low-level super-resolution query, which a model trained on
+  # windows alone answers with noise (bench/RESULTS.md, "Low-level super-resolution rows")
   "$PYTHON" -m data_utils.make_demo_data sr --out "$DEMO_DIR/sr.lmdb" --num "$SR_ROWS" --seed "$SEED" \
       --img-size "$SR_IMG_SIZE" --vqvae "$VQVAE" --txt-tokenizer-path "$TOKENIZER.model" \
-      --sr-text-length "$SR_TEXT_LENGTH"
+      --sr-text-length "$SR_TEXT_LENGTH" --low-level-fraction "$SR_LOW_LEVEL"
 fi
 
 if want sr; then

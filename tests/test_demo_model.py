@@ -133,6 +133,11 @@ def test_eval_script_runs_and_reports_every_measure(tmp_path):
     assert "--guidance-scale text2image 0.8 among the 2 most likely tokens (--guidance-top-k 2)" in result.stdout
     assert numbers["caption_rerank_weight"] == 3
     assert 0 <= numbers["image2text_ranked"]["one"]["all"] <= 100
+    # post-selection's pick per attribute, beside the expected rates of a random pick
+    ps = numbers["post_selection"]
+    assert set(ps["best_of_8"]) == set(ps["random_pick"]) == {"one", "two"}
+    assert 0 <= ps["best_of_8"]["one"]["shape"] <= 100 and 0 <= ps["random_pick"]["two"]["colours_and_relation"] <= 100
+    assert "post-selection per attribute, best of 8" in result.stdout
     assert 0 <= numbers["text2image"]["one"]["colour"] <= 100
     seen = numbers["training_split"]
     assert seen["prompts_per_kind"] == 2 and 0 <= seen["text2image"]["one"]["shape"] <= 100

@@ -33,7 +33,7 @@ def test_tokenizer_keeps_chinese_attribute_words_whole(demo_tokenizer):
     assert "▁hexagon" in english and english[-1] == "."
 
 
-def test_gpt_and_sr_rows(tmp_path, demo_tokenizer):
+def test_gpt_and_sr_rows(tmp_path, demo_tokenizer, monkeypatch):
     from data_utils import make_demo_data
     from data_utils.datasets import LMDBDataset
     from data_utils.unified_tokenizer import UnifiedTokenizer
@@ -61,6 +61,37 @@ def test_gpt_and_sr_rows(tmp_path, demo_tokenizer):
         # 8x8 grid: 4x4 low-res windows -> 8x8 high-res blocks (generation.magnify.sr_window)
         assert r[boi1 - 1] == tok["[TINY]"] and r[boi2 - 1] == tok["[TINY]"]
         assert boi2 - boi1 == 16 + 5 and len(r) == boi2 + 1 + 64 + 1
+    # SR_LOW_LEVEL: whole images at half size -> full size, laid out as the low-level query
+    # ([ROI1] text [TINY] [BOI1] 4x4 codes of the 32 px image [EOI1] [ROI2] [POS0] [TINY] [BOI2] 8x8 codes)
+    whole = str(tmp_path / "sr_low_level.lmdb")
+    assert make_demo_data.write_sr_lmdb(whole, 10, 1, 64, vq, demo_tokenizer, "cpu", low_level_fraction=1.0) == 10
+    enc = make_demo_data._Encoder(vq, "cpu")
+    scenes = make_demo_data.sample_scenes(-(-10 // 3), 1 + 2)  # write_sr_lmdb's scenes, 3 rows each
+    for i in range(10):
+        r = list(np.asarray(LMDBDataset(whole)[i]))
+        boi1, boi2 = r.index(tok["[BOI1]"]), r.index(tok["[BOI2]"])
+        assert r[boi1 - 1] == tok["[TINY]"] and r[boi1 + 17:boi2] == [tok[t] for t in
+                                                                     ("[EOI1]", "[ROI2]", "[POS0]", "[TINY]")]
+        assert r[boi1 + 1:boi1 + 17] == enc.encode([scenes[i // 3]], 32)[0].tolist()
+        assert r[boi2 + 1:-1] == enc.encode([scenes[i // 3]], 64)[0].tolist() and r[-1] == tok["[EOI2]"]
+    # a low-level row continues exactly the query generate_samples.py builds for that task
+    from data_utils.shapes import caption, render
+    from generation.queries import task_template
+    from preprocess import low_level_sr_row
+    render(scenes[0], 32).save(tmp_path / "half.png")
+    text = caption(scenes[0], "en")
+    query = tok.parse_query(task_template("low-level super-resolution", 8).format(text, tmp_path / "half.png"),
+                            img_size=32)
+    row = low_level_sr_row(tok, tok(text), enc.encode([scenes[0]], 32)[0], enc.encode([scenes[0]], 64)[0])
+    assert query.count(-1) == 64 and list(row[:len(query) - 64]) == query[:-64]
+    import preprocess.rows
+    made = []  # which kind of row each one is (both have 16 -> 64 codes here)
+    for name in ("sr_row", "low_level_sr_row"):
+        monkeypatch.setattr(preprocess.rows, name, lambda *a, _f=getattr(preprocess.rows, name), _n=name, **k:
+                            made.append(_n) or _f(*a, **k))
+    assert make_demo_data.write_sr_lmdb(str(tmp_path / "mixed.lmdb"), 40, 1, 64, vq, demo_tokenizer, "cpu",
+                                        low_level_fraction=0.5) == 40
+    assert len(made) == 40 and 8 <= made.count("low_level_sr_row") <= 32, made
     padded = str(tmp_path / "sr_padded.lmdb")  # train_demo.sh's SR_TEXT_LENGTH
     assert make_demo_data.write_sr_lmdb(padded, 10, 1, 64, vq, demo_tokenizer, "cpu", text_length=20) == 10
     rows = [np.asarray(LMDBDataset(padded)[i]) for i in range(10)]
@@ -282,7 +313,17 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     assert [line.split(" (")[0] for line in said] == [
         f"== train_demo: keeping {tmp_path / 'demo' / 'gpt.lmdb'}",
         f"== train_demo: keeping {tmp_path / 'demo' / 'sr.lmdb'}"], said
-    assert "SR_ROWS=24" in said[1]
+    assert "SR_ROWS=24" in said[1] and "SR_LOW_LEVEL=0.25" in said[1]
+    # about a quarter of the super-resolution rows are whole 64 px scenes -> 128 px (SR_LOW_LEVEL)
+    from data_utils import make_demo_data
+    from data_utils.datasets import LMDBDataset
+    from data_utils.unified_tokenizer import UnifiedTokenizer
+    scenes = make_demo_data.sample_scenes(24 // 3, 1234 + 2)  # write_sr_lmdb's scenes for SEED 1234
+    half = make_demo_data._Encoder(str(pre / "vqvae" / "shapes_vqvae.pt"), "cpu").encode(scenes, 64)
+    rows = [np.asarray(LMDBDataset(str(tmp_path / "demo" / "sr.lmdb"))[i]).tolist() for i in range(24)]
+    boi1 = UnifiedTokenizer(str(pre / "vqvae" / "shapes_vqvae.pt"), str(pre / "text_tokenizer" / "shapes.model"))["[BOI1]"]
+    whole = [r[r.index(boi1) + 1:][:64] == half[i // 3].tolist() for i, r in enumerate(rows)]
+    assert 1 <= sum(whole) <= 20, whole
     prompts = tmp_path / "p.txt"
     prompts.write_text("a small red circle in the top left corner on a white background\n")
     out = subprocess.run([sys.executable, os.path.join(ROOT, "generate_samples.py"), "--load",

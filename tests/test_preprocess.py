@@ -20,7 +20,7 @@ from data_utils.sp_tokenizer import train_text_tokenizer
 from data_utils.templates import TextCodeTemplate
 from data_utils.unified_tokenizer import UnifiedTokenizer
 from generation.magnify import magnify, pad_query_text, padded_text, sr_window
-from preprocess import PreprocessConfig, run, sr_layout, sr_positions, sr_row
+from preprocess import PreprocessConfig, low_level_sr_row, run, sr_layout, sr_positions, sr_row
 from preprocess.journal import JOURNAL_NAME, report_path_for
 from preprocess.pipeline import TEST_DELAY_ENV
 from preprocess_entry import main
@@ -225,6 +225,8 @@ def test_fatal_setup_errors_are_one_line(assets, tmp_path, capsys):
     assert "code grid" in capsys.readouterr().err
     assert main(cli(assets, out, "--task", "super-resolution", "--output-format", "TextCode")) == 1
     assert "Tokenized" in capsys.readouterr().err
+    assert main(cli(assets, out, "--sr-low-level")) == 1
+    assert "--task super-resolution only" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -323,6 +325,25 @@ def test_super_resolution_cli_rows(assets, tmp_path):
     assert names == ["[ROI1]", "[TINY]", "[BOI1]", "[EOI1]", "[ROI2]", "[POS0]", "[TINY]", "[BOI2]", "[EOI2]"]
     assert len(row) - np.argmax(row == tok["[BOI2]"]) - 2 == 8 * 8
 
+
+def test_super_resolution_cli_low_level_rows(assets, tmp_path):
+    """--sr-low-level: one more row per image, the whole image at half size -> full size
+    (the low-level super-resolution query), beside the nine windows."""
+    out = tmp_path / "sr_low.lmdb"
+    assert main(cli(assets, out, "--task", "super-resolution", "--sr-low-level", "--num-workers", "0",
+                    "--batch-size", "4")) == 0
+    tok = UnifiedTokenizer(img_tokenizer_num_tokens=64, txt_tokenizer_path=assets["sp"])
+    model = load_model(assets["vqvae"])
+    ds = LMDBDataset(str(out))
+    assert len(ds) == 10 * len(assets["good"])
+    rows = {tuple(ds[i].tolist()) for i in range(len(ds))}
+    close_reader(str(out))
+    for name in [n for n in assets["good"] if n.startswith("good")]:
+        path = str(assets["images"] / name)
+        row = low_level_sr_row(tok, tok.EncodeAsIds(assets["good"][name]), codes_of(model, path, IMG_SIZE // 2),
+                               codes_of(model, path))
+        assert tuple(row.tolist()) in rows
+        assert len(row) - np.argmax(row == tok["[BOI2]"]) - 2 == (IMG_SIZE // 8) ** 2
 
 
 def test_resume_when_a_commit_was_lost(assets, tmp_path):
