@@ -67,8 +67,9 @@ def test_gpt_and_sr_rows(tmp_path, demo_tokenizer, monkeypatch):
     assert make_demo_data.write_sr_lmdb(whole, 10, 1, 64, vq, demo_tokenizer, "cpu", low_level_fraction=1.0) == 10
     enc = make_demo_data._Encoder(vq, "cpu")
     scenes = make_demo_data.sample_scenes(-(-10 // 3), 1 + 2)  # write_sr_lmdb's scenes, 3 rows each
+    whole_rows = LMDBDataset(whole)
     for i in range(10):
-        r = list(np.asarray(LMDBDataset(whole)[i]))
+        r = list(np.asarray(whole_rows[i]))
         boi1, boi2 = r.index(tok["[BOI1]"]), r.index(tok["[BOI2]"])
         assert r[boi1 - 1] == tok["[TINY]"] and r[boi1 + 17:boi2] == [tok[t] for t in
                                                                      ("[EOI1]", "[ROI2]", "[POS0]", "[TINY]")]
@@ -320,7 +321,8 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     from data_utils.unified_tokenizer import UnifiedTokenizer
     scenes = make_demo_data.sample_scenes(24 // 3, 1234 + 2)  # write_sr_lmdb's scenes for SEED 1234
     half = make_demo_data._Encoder(str(pre / "vqvae" / "shapes_vqvae.pt"), "cpu").encode(scenes, 64)
-    rows = [np.asarray(LMDBDataset(str(tmp_path / "demo" / "sr.lmdb"))[i]).tolist() for i in range(24)]
+    sr_rows = LMDBDataset(str(tmp_path / "demo" / "sr.lmdb"))
+    rows = [np.asarray(sr_rows[i]).tolist() for i in range(24)]
     boi1 = UnifiedTokenizer(str(pre / "vqvae" / "shapes_vqvae.pt"), str(pre / "text_tokenizer" / "shapes.model"))["[BOI1]"]
     whole = [r[r.index(boi1) + 1:][:64] == half[i // 3].tolist() for i, r in enumerate(rows)]
     assert 1 <= sum(whole) <= 20, whole
