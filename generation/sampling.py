@@ -8,7 +8,7 @@ elsewhere, text only after an [EOI*].
 
 Fixed quirks of the original: command tokens and the vocabulary's padding rows
 are never sampled where they cannot belong; top-p works for any batch size;
-provided tokens after sampled ones no longer collapse the batch to one sample;
+provided tokens after sampled ones keep the batch (the original collapsed it to one sample);
 the [ROI2] position offset is tracked per row.
 """
 from __future__ import annotations
