@@ -3,7 +3,7 @@
 The loss and batch construction live in ``training.loss`` (compute_loss, get_batch).
 One loop, three back ends: a single process (CPU or GPU), torch DDP when launched
 with torchrun / several processes, and DeepSpeed with ``--deepspeed
---deepspeed_config <json>``.  See docs_fragments/training.md for commands.
+--deepspeed_config <json>``.  See docs/training.md for commands.
 """
 from __future__ import annotations
 
