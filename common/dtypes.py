@@ -2,6 +2,7 @@
 
 One table, so ``--dtype``, exported releases and model setup agree on the spelling.
 """
+
 from __future__ import annotations
 
 import torch

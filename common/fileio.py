@@ -15,6 +15,7 @@ Every atomic write in the project goes through ``atomic_write`` and follows thes
 * the new file gets mode 0o666 minus the process umask, as ``open()`` would create it, so
   permissions never depend on whether a file was written atomically.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -83,6 +84,7 @@ def atomic_write(path: PathLike, write: Callable[[str], Any]) -> None:
 
 def write_text_atomic(path: PathLike, text: str, encoding: str = "utf-8") -> None:
     """Atomically replace ``path`` with ``text``."""
+
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding=encoding) as f:
             f.write(text)

@@ -5,6 +5,7 @@
 Used by tests/test_preprocess.py, which SIGKILLs this process after its first commits and
 checks that a rerun resumes without losing or duplicating rows.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """common.fileio: atomic writes (old or complete new file), umask permissions, temp clean-up."""
+
 from __future__ import annotations
 
 import os
@@ -102,13 +103,19 @@ def test_data_is_fsynced_before_the_rename(tmp_path, monkeypatch):
     write_text_atomic(tmp_path / "t.txt", "data")
     kinds = [kind for kind, _ in events]
     tmp = events[kinds.index("replace")][1]
-    assert ("fsync", tmp) in events[:kinds.index("replace")]
+    assert ("fsync", tmp) in events[: kinds.index("replace")]
     assert events[-1] == ("fsync", os.path.realpath(tmp_path))  # then the folder: the rename is durable
 
 
 def test_remove_stale_temps_removes_only_temporaries_of_the_named_file(tmp_path):
-    names = [".tmp-4242-0a1b2c3d-ckpt.pt", ".tmp-7-ff-ckpt.pt", ".tmp-4242-0a1b2c3d-other.txt",
-             ".tmp-notours", "ckpt.pt", "x.tmp-1-ab-ckpt.pt"]
+    names = [
+        ".tmp-4242-0a1b2c3d-ckpt.pt",
+        ".tmp-7-ff-ckpt.pt",
+        ".tmp-4242-0a1b2c3d-other.txt",
+        ".tmp-notours",
+        "ckpt.pt",
+        "x.tmp-1-ab-ckpt.pt",
+    ]
     for name in names:
         (tmp_path / name).write_text("x")
     removed = remove_stale_temps(tmp_path, "ckpt.pt")

@@ -264,7 +264,7 @@ def test_super_resolution_rows_match_magnify(assets, grid, text_length):
         match = [r for r in rows if r[:known].tolist() == seq[:known]]
         assert len(match) == 1 and len(seq) < len(match[0])  # windows may stop before the last rows
         row = match[0][:len(seq)]
-        assert all(s in (-1, r) for s, r in zip(seq, row.tolist()))
+        assert all(s in (-1, r) for s, r in zip(seq, row.tolist(), strict=True))
         calls.append(known)
         return torch.as_tensor(row).view(1, -1)
 

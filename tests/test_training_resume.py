@@ -42,7 +42,7 @@ def _assert_same(a, b, path="ckpt"):
             _assert_same(a[k], b[k], f"{path}.{k}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _assert_same(x, y, f"{path}[{i}]")
     elif torch.is_tensor(a):
         assert torch.equal(a, b), f"{path} differs (max diff {(a.double() - b.double()).abs().max()})"

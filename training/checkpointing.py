@@ -19,8 +19,15 @@ import torch
 import torch.distributed as dist
 
 from arch import mpu
-from arch.checkpoint import (TRACKER_FILENAME, CheckpointError, check_state_dict, load_full_checkpoint,
-                             read_tracker, resolve_checkpoint_file, save_checkpoint)
+from arch.checkpoint import (
+    TRACKER_FILENAME,
+    CheckpointError,
+    check_state_dict,
+    load_full_checkpoint,
+    read_tracker,
+    resolve_checkpoint_file,
+    save_checkpoint,
+)
 from common.fileio import remove_stale_temps, write_text_atomic
 from generation.model_setup import MODEL_CONFIG_FILENAME, write_model_config
 
