@@ -3,7 +3,7 @@
 The loss and batch construction live in ``training.loss`` (compute_loss, get_batch).
 One loop, three back ends: a single process (CPU or GPU), torch DDP when launched
 with torchrun / several processes, and DeepSpeed with ``--deepspeed
---deepspeed_config <json>``.  See docs_fragments/training.md for commands.
+--deepspeed_config <json>``.  See docs/training.md for commands.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from typing import List, Optional
 import torch
 import torch.distributed as dist
 
-from arguments import get_args
 from arch import CheckpointError, GPT2Model, model_kwargs_from_args, mpu
+from arguments import get_args
 from learning_rates import get_learning_rate_scheduler
 from training.backends import make_backend
 from training.checkpointing import load_training_checkpoint, save_training_checkpoint

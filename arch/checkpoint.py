@@ -11,20 +11,23 @@ Layouts read by ``load_checkpoint_state``:
 Files are read with ``weights_only=True``.  Real DeepSpeed files also pickle
 numpy/python RNG states, which that refuses; those need ``trust=True``
 (``--trust-checkpoint``), an explicit choice because unpickling runs code.
-Saving is atomic: each file goes to a temporary name and is renamed, and the
-tracker file is written last, so a crash leaves the previous checkpoint in force.
+Saving is atomic (common.fileio: temporary file, fsync, rename), and the tracker file is
+written last, so a crash leaves the previous checkpoint in force.
 """
 from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
+from common.fileio import remove_stale_temps, torch_save_atomic, write_text_atomic
+
 from .mpu.layers import strided_rows
+
+_atomic_torch_save = torch_save_atomic  # the name arch/export_release.py imports from here
 
 TRACKER_FILENAME = "latest_checkpointed_iteration.txt"
 DEEPSPEED_TAG_FILENAME = "latest"
@@ -164,34 +167,6 @@ def load_model_weights(model: nn.Module, path: str, trust: bool = False, mp_rank
     model.load_state_dict(state, strict=True)
 
 
-def _atomic_torch_save(obj, file: str) -> None:
-    directory = os.path.dirname(file) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, file)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_text_atomic(file: str, text: str) -> None:
-    directory = os.path.dirname(file) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, file)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_checkpoint(save_dir: str, iteration, module_state: StateDict, extra: Optional[dict] = None,
                     mp_rank: int = 0, write_tracker: bool = True) -> str:
     """Write ``<save_dir>/<iteration>/mp_rank_XX_model_states.pt`` then the tracker file.
@@ -204,9 +179,12 @@ def save_checkpoint(save_dir: str, iteration, module_state: StateDict, extra: Op
     os.makedirs(folder, exist_ok=True)
     payload = {"iteration": 0 if tag == "release" else int(tag), "module": module_state}
     payload.update(extra or {})
-    file = os.path.join(folder, model_states_filename(mp_rank))
-    _atomic_torch_save(payload, file)
+    name = model_states_filename(mp_rank)
+    remove_stale_temps(folder, name)  # left by a writer killed mid-save; this rank owns the name
+    file = os.path.join(folder, name)
+    torch_save_atomic(payload, file)
     if write_tracker:
+        remove_stale_temps(save_dir, TRACKER_FILENAME)
         write_text_atomic(os.path.join(save_dir, TRACKER_FILENAME), tag)
     return file
 

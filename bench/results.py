@@ -8,6 +8,8 @@ import re
 
 import torch
 
+from common.fileio import write_text_atomic
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 HEADER = "# Benchmark results\n\nEach section is rewritten by the script named in it.\n"
 
@@ -37,6 +39,4 @@ def write_section(name: str, body: str, path: str = RESULTS) -> None:
         text = pattern.sub(lambda _: section + "\n", text)
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    write_text_atomic(path, text)

@@ -18,6 +18,8 @@ import json
 import os
 from typing import Dict, List, Optional, Set, Tuple
 
+from common.fileio import remove_stale_temps, write_text_atomic
+
 JOURNAL_NAME = "preprocess_progress.tsv"
 REPORT_HEADER = "line\tpath\taction\treason\n"
 
@@ -28,15 +30,6 @@ def _clean(value: object) -> str:
 
 def report_path_for(output: str) -> str:
     return os.path.normpath(output) + ".report.tsv"
-
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Journal:
@@ -98,8 +91,10 @@ class Journal:
         lines = [f"settings\t{json.dumps(settings, sort_keys=True)}\n"]
         lines += [f"row\t{i}\t{k}\n" for i, k in sorted(self.rows.items())]
         lines += [f"note\t{k}\t{a}\t{b}\t{c}\n" for k, (a, b, c) in self.notes.items()]
-        _atomic_write(self.path, "".join(lines))
-        _atomic_write(self.report_path, REPORT_HEADER + "".join(
+        for path in (self.path, self.report_path):  # temporaries of a run killed while rewriting them
+            remove_stale_temps(os.path.dirname(path) or ".", os.path.basename(path))
+        write_text_atomic(self.path, "".join(lines))
+        write_text_atomic(self.report_path, REPORT_HEADER + "".join(
             f"{a}\t{b}\tconverted\t{c}\n" for a, b, c in self.notes.values()))
         self._journal_file = open(self.path, "a", encoding="utf-8")
         self._report_file = open(self.report_path, "a", encoding="utf-8")

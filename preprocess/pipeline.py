@@ -35,7 +35,6 @@ from .rows import code_dtype, low_level_sr_row, sr_layout, sr_positions, sr_row,
 TASKS = ("text2image", "super-resolution")
 OUTPUT_FORMATS = ("Tokenized", "TextCode")
 CHUNK = 4  # images per worker task
-TEST_DELAY_ENV = "COGVIEW_PREPROCESS_TEST_DELAY"  # seconds slept after each batch (tests only)
 
 
 class SetupError(Exception):
@@ -319,7 +318,6 @@ def run(cfg: PreprocessConfig) -> RunSummary:
         head = reason.split(" (")[0]
         summary.skip_reasons[head] = summary.skip_reasons.get(head, 0) + 1
 
-    delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
     pool = _pool(cfg.num_workers)  # before the LMDB is open: forked workers never see it
     try:
         writer = LMDBWriter(cfg.output, commit_every=1 << 62)
@@ -367,8 +365,6 @@ def run(cfg: PreprocessConfig) -> RunSummary:
                     summary.written_rows += rows.write_batch(batch)
                     summary.written_inputs += len(batch)
                     batch = []
-                    if delay:
-                        time.sleep(delay)
                 bar.update(1)
             if batch:
                 summary.written_rows += rows.write_batch(batch)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train the VQ-VAE image tokenizer. All options go to vqvae/train.py (see --help), e.g.
+# Train the VQ-VAE image tokenizer. All options go to `python3 -m vqvae.train` (see --help), e.g.
 #   scripts/train_vqvae.sh --data data/images --save checkpoints/vqvae --device cuda
 # Several GPUs on one node: NPROC=8 scripts/train_vqvae.sh --data ... --save ... --device cuda
 set -euo pipefail

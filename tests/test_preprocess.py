@@ -22,7 +22,6 @@ from data_utils.unified_tokenizer import UnifiedTokenizer
 from generation.magnify import magnify, pad_query_text, padded_text, sr_window
 from preprocess import PreprocessConfig, low_level_sr_row, run, sr_layout, sr_positions, sr_row
 from preprocess.journal import JOURNAL_NAME, report_path_for
-from preprocess.pipeline import TEST_DELAY_ENV
 from preprocess_entry import main
 from vqvae import VQVAE, img2code, load_model, read_img
 
@@ -121,11 +120,12 @@ def check_report(output) -> None:
 def test_kill_and_resume_writes_each_good_image_once(assets, tmp_path):
     """SIGKILL after the first commits, rerun: every good or convertible image exactly once."""
     out = tmp_path / "data.lmdb"
-    argv = [sys.executable, os.path.join(ROOT, "preprocess_entry.py"),
-            *cli(assets, out, "--output-format", "TextCode", "--batch-size", "2", "--commit-every", "2",
-                 "--num-workers", "2")]
-    env = {**os.environ, TEST_DELAY_ENV: "0.4", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    args = cli(assets, out, "--output-format", "TextCode", "--batch-size", "2", "--commit-every", "2",
+               "--num-workers", "2")
+    argv = [sys.executable, os.path.join(ROOT, "preprocess_entry.py"), *args]
+    slow = [sys.executable, os.path.join(ROOT, "tests", "slow_preprocess_worker.py"), "0.4", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(slow, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
     journal = out / JOURNAL_NAME
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
@@ -264,7 +264,7 @@ def test_super_resolution_rows_match_magnify(assets, grid, text_length):
         match = [r for r in rows if r[:known].tolist() == seq[:known]]
         assert len(match) == 1 and len(seq) < len(match[0])  # windows may stop before the last rows
         row = match[0][:len(seq)]
-        assert all(s in (-1, r) for s, r in zip(seq, row.tolist()))
+        assert all(s in (-1, r) for s, r in zip(seq, row.tolist(), strict=True))
         calls.append(known)
         return torch.as_tensor(row).view(1, -1)
 

@@ -42,7 +42,7 @@ def _assert_same(a, b, path="ckpt"):
             _assert_same(a[k], b[k], f"{path}.{k}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _assert_same(x, y, f"{path}[{i}]")
     elif torch.is_tensor(a):
         assert torch.equal(a, b), f"{path} differs (max diff {(a.double() - b.double()).abs().max()})"
@@ -102,3 +102,5 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "starting at iteration 10" in resumed.stdout
+    # saving iteration 20 again removed the half-written temporary file the kill left
+    assert not any(name.startswith(".tmp") for name in os.listdir(os.path.join(run_dir, "20")))

@@ -218,7 +218,7 @@ def test_script_and_torchrun(images, tmp_path):
     subprocess.run(["bash", os.path.join(ROOT, "scripts", "train_vqvae.sh"), *args], check=True,
                    cwd=ROOT, env=env, capture_output=True, timeout=300)
     assert (tmp_path / "s" / "latest").read_text() == "2"
-    subprocess.run([sys.executable, os.path.join(ROOT, "vqvae", "train.py"), "--help"], check=True,
+    subprocess.run([sys.executable, "-m", "vqvae.train", "--help"], check=True,
                    cwd=str(tmp_path), env=env, capture_output=True, timeout=120)
     args = tiny(images, tmp_path / "t", 4, "--save-interval", "4")
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

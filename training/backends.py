@@ -18,10 +18,9 @@ import torch
 from torch import nn
 
 from arch import gpt2_get_params_for_weight_decay_optimization, mpu
+from common.dtypes import DTYPES
 
 from .distributed import clip_grad_norm, is_model_parallel_split
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class TorchBackend:

@@ -19,9 +19,17 @@ import torch
 import torch.distributed as dist
 
 from arch import mpu
-from arch.checkpoint import (TRACKER_FILENAME, CheckpointError, check_state_dict, load_full_checkpoint,
-                             read_tracker, resolve_checkpoint_file, save_checkpoint, write_text_atomic)
-from generation.model_setup import write_model_config
+from arch.checkpoint import (
+    TRACKER_FILENAME,
+    CheckpointError,
+    check_state_dict,
+    load_full_checkpoint,
+    read_tracker,
+    resolve_checkpoint_file,
+    save_checkpoint,
+)
+from common.fileio import remove_stale_temps, write_text_atomic
+from generation.model_setup import MODEL_CONFIG_FILENAME, write_model_config
 
 # flags that fix the shapes of the model's tensors (and how the files are split)
 MODEL_SHAPE_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "vocab_size",
@@ -126,6 +134,8 @@ def save_training_checkpoint(save_dir: str, iteration: int, backend, scheduler, 
                         mp_rank=mpu.get_model_parallel_rank(), write_tracker=False)
     _barrier()
     if not dist.is_initialized() or dist.get_rank() == 0:
+        for name in (MODEL_CONFIG_FILENAME, TRACKER_FILENAME):  # temporaries of a save killed mid-write
+            remove_stale_temps(save_dir, name)
         write_model_config(save_dir, args)  # lets generate_samples.py run without shape flags
         write_text_atomic(os.path.join(save_dir, TRACKER_FILENAME), str(iteration))
     _barrier()

@@ -1,4 +1,4 @@
-"""The training loop shared by every back end (spec section 8).
+"""The training loop shared by every back end, after the original pretrain_gpt2.py's train() and train_step().
 
 One iteration = one micro-batch: forward, loss reduced over the data-parallel
 ranks (a NaN/inf loss skips the step on every rank), backward, clipped optimizer

@@ -1,4 +1,4 @@
-"""Batches and the loss of ``pretrain_gpt2.forward_step`` (spec section 8), in one place.
+"""Batches and the loss of the original pretrain_gpt2.py's get_batch / forward_step, in one place.
 
 tokens = text[:, :-1], labels = text[:, 1:], loss_mask = mask[:, 1:].  Image
 positions are those whose INPUT token is an image code (the original's rule: the

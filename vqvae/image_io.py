@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from common.fileio import atomic_write
+
 # Mean / std of the corpus the released VQ-VAE was trained on (bright images: means near 0.77).
 MEAN: tuple[float, float, float] = (0.79093, 0.76271, 0.75340)
 STD: tuple[float, float, float] = (0.30379, 0.32279, 0.32800)
@@ -134,7 +136,7 @@ def save_image(images: torch.Tensor, path: Union[str, os.PathLike], nrow: int = 
                padding: int = 2) -> None:
     """Write [3,H,W] or [b,3,H,W] values in [0, 1] (e.g. code2img output; clamped) as one picture.
 
-    Written to a temporary file and renamed, so a reader never sees half an image.
+    Written atomically (common.fileio), so a reader never sees half an image.
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
@@ -146,13 +148,8 @@ def save_image(images: torch.Tensor, path: Union[str, os.PathLike], nrow: int = 
     img = Image.fromarray(arr.permute(1, 2, 0).numpy(), "RGB")
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        img.save(tmp, format=_FORMATS[ext], **({"quality": 95} if ext in (".jpg", ".jpeg") else {}))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    options = {"quality": 95} if ext in (".jpg", ".jpeg") else {}
+    atomic_write(path, lambda tmp: img.save(tmp, format=_FORMATS[ext], **options))
 
 
 def read_imgs(paths: Sequence[ImageLike], img_size: int) -> torch.Tensor:

@@ -18,12 +18,8 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from typing import Any, Sequence
-
-if __package__ in (None, ""):  # `python vqvae/train.py`: make the repository importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import torch
@@ -32,6 +28,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from common.fileio import remove_stale_temps, torch_save_atomic, write_text_atomic
 from vqvae.api import TRACKER, load_model
 from vqvae.data import InfiniteSampler, make_dataset
 from vqvae.image_io import denormalize, save_image
@@ -166,16 +163,6 @@ def read_latest(save_dir: str) -> int | None:
     return int(text)
 
 
-def _atomic_write(path: str, write) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_checkpoint(save_dir: str, model: VQVAE, optimizer: torch.optim.Optimizer, iteration: int,
                     args: argparse.Namespace) -> str:
     """Write DIR/vqvae_<iteration>.pt, then DIR/latest (so latest never names a partial file)."""
@@ -184,12 +171,8 @@ def save_checkpoint(save_dir: str, model: VQVAE, optimizer: torch.optim.Optimize
              "config": dict(model.config), "optimizer": optimizer.state_dict(),
              "iteration": iteration, "rng": rng_state(), "args": vars(args)}
     path = checkpoint_path(save_dir, iteration)
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-    def write_tracker(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            f.write(str(iteration))
-    _atomic_write(os.path.join(save_dir, TRACKER), write_tracker)
+    torch_save_atomic(state, path)
+    write_text_atomic(os.path.join(save_dir, TRACKER), str(iteration))
     if args.keep_last > 0:
         done = sorted(int(f[6:-3]) for f in os.listdir(save_dir)
                       if f.startswith("vqvae_") and f.endswith(".pt") and f[6:-3].isdigit())
@@ -244,6 +227,8 @@ def trainable_parameters(model: VQVAE, decoder_only: bool) -> list[torch.nn.Para
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run training; returns {'model', 'iteration', 'history'} (history: one dict per logged step)."""
     rank, world, device = setup_distributed(args.device)
+    if rank == 0:  # the one writer of args.save: drop what a run killed mid-save left
+        remove_stale_temps(args.save)
     seed_everything(args.seed + rank)
     model = VQVAE(**model_config(args)).to(device)
     iteration = 0
