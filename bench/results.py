@@ -11,7 +11,10 @@ import torch
 from common.fileio import write_text_atomic
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
-HEADER = "# Benchmark results\n\nEach section is rewritten by the script named in it.\n"
+HEADER = (
+    "# Benchmark results\n\nEach section is rewritten by the script named in it, stamped with the machine and the date\n"
+    "([docs/benchmarks.md](../docs/benchmarks.md)).\n"
+)
 
 
 def machine_description() -> str:
