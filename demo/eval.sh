@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Evaluate the shipped demo models on held-out shapes prompts and images (bench/eval_demo.py):
+# Evaluate the shipped demo models on held-out shapes prompts and images (demo/evaluate.py):
 # text2image, image2text, post-selection and super-resolution scored by the grammar checker.
 #   ./scripts/eval_demo.sh                      # prints the numbers
 #   ./scripts/eval_demo.sh --write-results      # and updates bench/RESULTS.md
@@ -9,4 +9,6 @@
 # text2image=0.6). The whole default run takes about 10 minutes on 2 CPU cores.
 set -euo pipefail
 main_dir="$(dirname "$(dirname "$(realpath "$0")")")"
-exec python3 "$main_dir/bench/eval_demo.py" "$@"
+# the repo root on the import path instead of a cd: paths given as flags stay relative to the caller
+export PYTHONPATH="$main_dir${PYTHONPATH:+:$PYTHONPATH}"
+exec python3 -m demo.evaluate "$@"

@@ -14,7 +14,7 @@
 # and fourth stages, from their earlier weights (GPT_INIT, SR_INIT); pretrained/README.md
 # has the exact commands).
 set -euo pipefail
-source "$(dirname "$(realpath "$0")")/training_common.sh"
+source "$(dirname "$(dirname "$(realpath "$0")")")/scripts/training_common.sh"
 cd "$main_dir"
 
 DEMO_DIR=${DEMO_DIR:-data/demo}
@@ -65,13 +65,13 @@ mkdir -p "$DEMO_DIR" "$CKPT"
 
 if want tokenizer && [ ! -f "$TOKENIZER.model" ]; then
   say "captions and sentencepiece tokenizer"
-  "$PYTHON" -m data_utils.make_demo_data captions --out "$DEMO_DIR/captions.txt"
-  "$PYTHON" -m data_utils.make_demo_data tokenizer --captions "$DEMO_DIR/captions.txt" --out "$TOKENIZER"
+  "$PYTHON" -m demo.make_data captions --out "$DEMO_DIR/captions.txt"
+  "$PYTHON" -m demo.make_data tokenizer --captions "$DEMO_DIR/captions.txt" --out "$TOKENIZER"
 fi
 
 if want vqvae && [ ! -f "$VQVAE" ]; then
   say "VQ-VAE ($VQ_ITERS iterations)"
-  [ -d "$DEMO_DIR/vqvae_images.lmdb" ] || "$PYTHON" -m data_utils.make_demo_data vqvae-images \
+  [ -d "$DEMO_DIR/vqvae_images.lmdb" ] || "$PYTHON" -m demo.make_data vqvae-images \
       --out "$DEMO_DIR/vqvae_images.lmdb" --num "$VQ_IMAGES" --img-size "$SR_IMG_SIZE" --seed "$SEED"
   # trained on 64 px crops of SR_IMG_SIZE and twice-that renders (the super-resolution
   # model's input and output); being convolutional it encodes any size (64 px included)
@@ -83,7 +83,7 @@ if want vqvae && [ ! -f "$VQVAE" ]; then
   # the codes hold each small shape (every shape of a 64 px scene gets its own code grid),
   # but the decoder above drew them blurred: it trained on crops of bigger renders. It now
   # trains alone, 1 image in 3 a whole IMG_SIZE render; every image keeps its codes.
-  [ -d "$DEMO_DIR/vqvae_decoder_images.lmdb" ] || "$PYTHON" -m data_utils.make_demo_data vqvae-images \
+  [ -d "$DEMO_DIR/vqvae_decoder_images.lmdb" ] || "$PYTHON" -m demo.make_data vqvae-images \
       --out "$DEMO_DIR/vqvae_decoder_images.lmdb" --num "$VQ_DECODER_IMAGES" --img-size "$SR_IMG_SIZE" \
       --whole-size "$IMG_SIZE" --seed "$SEED"
   "$PYTHON" -m vqvae.train --data "$DEMO_DIR/vqvae_decoder_images.lmdb" --save "$CKPT/vqvae-decoder" \
@@ -99,7 +99,7 @@ if want vqvae && [ ! -f "$VQVAE" ]; then
       --resume --init "$CKPT/vqvae-decoder" --img-size 64 --batch-size 32 --lr 3e-4 \
       --iters "$VQ_WHOLE_ITERS" --dead-code-threshold 0.5 --log-interval 100 --save-interval 500 \
       --keep-last 2 --num-workers 1 "${DEVICE[@]}"
-  "$PYTHON" -m arch.export_release vqvae \
+  "$PYTHON" -m training.export_release vqvae \
       "$CKPT/vqvae-whole/vqvae_$(cat "$CKPT/vqvae-whole/latest").pt" "$VQVAE"
 fi
 if want vqvae && [ ! -f "$VQVAE_BASE" ]; then
@@ -108,14 +108,14 @@ if want vqvae && [ ! -f "$VQVAE_BASE" ]; then
   # from its weights, held-out 64 px reconstructions keep the right shape in 82% (one
   # object) and 85% (two) instead of 72% and 56%: small stars and crosses get codes of
   # their own. The base GPT uses it; the super-resolution model keeps the one above.
-  [ -d "$DEMO_DIR/vqvae_base_images.lmdb" ] || "$PYTHON" -m data_utils.make_demo_data vqvae-images \
+  [ -d "$DEMO_DIR/vqvae_base_images.lmdb" ] || "$PYTHON" -m demo.make_data vqvae-images \
       --out "$DEMO_DIR/vqvae_base_images.lmdb" --num "$VQ_BASE_IMAGES" --img-size "$IMG_SIZE" --whole-only \
       --seed "$SEED"
   "$PYTHON" -m vqvae.train --data "$DEMO_DIR/vqvae_base_images.lmdb" --save "$CKPT/vqvae-base" \
       --resume --init "$VQVAE" --img-size "$IMG_SIZE" --batch-size 32 --lr 3e-4 \
       --iters "$VQ_BASE_ITERS" --dead-code-threshold 0.5 --log-interval 100 --save-interval 500 \
       --keep-last 2 --num-workers 1 "${DEVICE[@]}"
-  "$PYTHON" -m arch.export_release vqvae \
+  "$PYTHON" -m training.export_release vqvae \
       "$CKPT/vqvae-base/vqvae_$(cat "$CKPT/vqvae-base/latest").pt" "$VQVAE_BASE"
 fi
 
@@ -124,7 +124,7 @@ kept() { say "keeping $1 (delete it to rebuild it with $2)"; }
 if want gpt-data && [ -d "$DEMO_DIR/gpt.lmdb" ]; then kept "$DEMO_DIR/gpt.lmdb" "GPT_ROWS=$GPT_ROWS"; fi
 if want gpt-data && [ ! -d "$DEMO_DIR/gpt.lmdb" ]; then
   say "GPT rows ($GPT_ROWS, text->image and image->text, English and Chinese)"
-  "$PYTHON" -m data_utils.make_demo_data gpt --out "$DEMO_DIR/gpt.lmdb" --num "$GPT_ROWS" --seed "$SEED" \
+  "$PYTHON" -m demo.make_data gpt --out "$DEMO_DIR/gpt.lmdb" --num "$GPT_ROWS" --seed "$SEED" \
       --img-size "$IMG_SIZE" --vqvae "$VQVAE_BASE" --txt-tokenizer-path "$TOKENIZER.model"
 fi
 
@@ -172,7 +172,7 @@ if want sr-data && [ ! -d "$DEMO_DIR/sr.lmdb" ]; then
   # magnify's windows (SR_IMG_SIZE -> twice) and, SR_LOW_LEVEL of them, whole images at half
   # SR_IMG_SIZE -> SR_IMG_SIZE: the low-level super-resolution query, which a model trained on
   # windows alone answers with noise (bench/RESULTS.md, "Low-level super-resolution rows")
-  "$PYTHON" -m data_utils.make_demo_data sr --out "$DEMO_DIR/sr.lmdb" --num "$SR_ROWS" --seed "$SEED" \
+  "$PYTHON" -m demo.make_data sr --out "$DEMO_DIR/sr.lmdb" --num "$SR_ROWS" --seed "$SEED" \
       --img-size "$SR_IMG_SIZE" --vqvae "$VQVAE" --txt-tokenizer-path "$TOKENIZER.model" \
       --sr-text-length "$SR_TEXT_LENGTH" --low-level-fraction "$SR_LOW_LEVEL"
 fi
@@ -203,7 +203,7 @@ if want export; then
              --guidance-scale "text2image=$IMAGE_GUIDANCE" --guidance-top-k "text2image=$IMAGE_GUIDANCE_TOP_K")
       [ "$name" = cogview-demo ] || { img_tokenizer=$VQVAE; extra=(); }
       rm -rf "$PRETRAINED_DIR/cogview/$name"
-      "$PYTHON" -m arch.export_release gpt "$CKPT/$name" "$PRETRAINED_DIR/cogview/$name" --dtype float16 \
+      "$PYTHON" -m training.export_release gpt "$CKPT/$name" "$PRETRAINED_DIR/cogview/$name" --dtype float16 \
           --img-tokenizer-path "$img_tokenizer" --txt-tokenizer-path "$TOKENIZER.model" "${extra[@]}"
     fi
   done
