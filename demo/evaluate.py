@@ -1,4 +1,4 @@
-"""Evaluate the shipped demo models on held-out shapes scenes (demo/eval.sh, run by ./scripts/eval_demo.sh).
+"""Evaluate the shipped demo models on held-out shapes scenes (scripts/eval_demo.sh).
 
     python -m demo.evaluate [--model pretrained/cogview/cogview-demo]
         [--sr-model pretrained/cogview/cogview-demo-sr] [--prompts 100] [--write-results]
