@@ -1,12 +1,5 @@
 #!/usr/bin/env bash
-# Evaluate the shipped demo models on held-out shapes prompts and images (bench/eval_demo.py):
-# text2image, image2text, post-selection and super-resolution scored by the grammar checker.
+# Evaluate the shipped demo models: the recipe is demo/eval.sh (same flags).
 #   ./scripts/eval_demo.sh                      # prints the numbers
 #   ./scripts/eval_demo.sh --write-results      # and updates bench/RESULTS.md
-# Options: --prompts N (held-out prompts per kind, default 100), --train-prompts N (training-split
-# scenes scored the same way, no target: the generalisation gap; 0 skips), --sr-images N, --model DIR,
-# --sr-model DIR, --json FILE, --guidance TASK=S (--guidance-scale instead of the checkpoint's, e.g.
-# text2image=0.6). The whole default run takes about 10 minutes on 2 CPU cores.
-set -euo pipefail
-main_dir="$(dirname "$(dirname "$(realpath "$0")")")"
-exec python3 "$main_dir/bench/eval_demo.py" "$@"
+exec "$(dirname "$(dirname "$(realpath "$0")")")/demo/eval.sh" "$@"

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_utils.shapes import parse_caption
+from demo.shapes import parse_caption
 from generation.queries import Query
-from data_utils.shapes_checker import check_image, read_scene
+from demo.checker import check_image, read_scene
 
 from .conftest import ROOT
 
@@ -120,7 +120,7 @@ def test_inpainting_keeps_the_rest_of_the_image(tmp_path):
 def test_eval_script_runs_and_reports_every_measure(tmp_path):
     out = tmp_path / "eval.json"
     sr = ["--sr-images", "1"] if os.path.isdir(DEMO_SR) else ["--sr-model", ""]
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "eval_demo.py"), "--prompts", "3",
+    result = subprocess.run([sys.executable, "-m", "demo.evaluate", "--prompts", "3",
                              "--train-prompts", "2", *sr, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     numbers = json.loads(out.read_text())

@@ -1,4 +1,4 @@
-"""Pieces of scripts/train_demo.sh on tiny models: tokenizer, rows, release export."""
+"""Pieces of demo/train.sh on tiny models: tokenizer, rows, release export."""
 import json
 import os
 import shutil
@@ -16,11 +16,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def demo_tokenizer(tmp_path_factory):
-    from data_utils import make_demo_data
+    from demo import make_data
     folder = tmp_path_factory.mktemp("demo_tok")
     captions = str(folder / "captions.txt")
-    assert make_demo_data.write_captions(captions) > 90000
-    return make_demo_data.train_tokenizer(captions, str(folder / "shapes"), 320)
+    assert make_data.write_captions(captions) > 90000
+    return make_data.train_tokenizer(captions, str(folder / "shapes"), 320)
 
 
 def test_tokenizer_keeps_chinese_attribute_words_whole(demo_tokenizer):
@@ -34,12 +34,12 @@ def test_tokenizer_keeps_chinese_attribute_words_whole(demo_tokenizer):
 
 
 def test_gpt_and_sr_rows(tmp_path, demo_tokenizer, monkeypatch):
-    from data_utils import make_demo_data
+    from demo import make_data
     from data_utils.datasets import LMDBDataset
     from data_utils.unified_tokenizer import UnifiedTokenizer
     vq = make_vqvae(str(tmp_path))
     gpt = str(tmp_path / "gpt.lmdb")
-    assert make_demo_data.write_gpt_lmdb(gpt, 40, 1, 64, vq, demo_tokenizer, "cpu") == 40
+    assert make_data.write_gpt_lmdb(gpt, 40, 1, 64, vq, demo_tokenizer, "cpu") == 40
     tok = UnifiedTokenizer(vq, demo_tokenizer)
     rows = [np.asarray(LMDBDataset(gpt)[i]) for i in range(40)]
     t2i = [r for r in rows if r[0] == tok["[ROI1]"]]
@@ -54,7 +54,7 @@ def test_gpt_and_sr_rows(tmp_path, demo_tokenizer, monkeypatch):
         text = tok.txt_tokenizer.DecodeIds([int(i) - tok.num_image_tokens for i in r[68:]])
         assert text.endswith((".", "。"))
     sr = str(tmp_path / "sr.lmdb")
-    assert make_demo_data.write_sr_lmdb(sr, 10, 1, 64, vq, demo_tokenizer, "cpu") == 10
+    assert make_data.write_sr_lmdb(sr, 10, 1, 64, vq, demo_tokenizer, "cpu") == 10
     for i in range(10):
         r = np.asarray(LMDBDataset(sr)[i])
         boi1, boi2 = list(r).index(tok["[BOI1]"]), list(r).index(tok["[BOI2]"])
@@ -64,9 +64,9 @@ def test_gpt_and_sr_rows(tmp_path, demo_tokenizer, monkeypatch):
     # SR_LOW_LEVEL: whole images at half size -> full size, laid out as the low-level query
     # ([ROI1] text [TINY] [BOI1] 4x4 codes of the 32 px image [EOI1] [ROI2] [POS0] [TINY] [BOI2] 8x8 codes)
     whole = str(tmp_path / "sr_low_level.lmdb")
-    assert make_demo_data.write_sr_lmdb(whole, 10, 1, 64, vq, demo_tokenizer, "cpu", low_level_fraction=1.0) == 10
-    enc = make_demo_data._Encoder(vq, "cpu")
-    scenes = make_demo_data.sample_scenes(-(-10 // 3), 1 + 2)  # write_sr_lmdb's scenes, 3 rows each
+    assert make_data.write_sr_lmdb(whole, 10, 1, 64, vq, demo_tokenizer, "cpu", low_level_fraction=1.0) == 10
+    enc = make_data._Encoder(vq, "cpu")
+    scenes = make_data.sample_scenes(-(-10 // 3), 1 + 2)  # write_sr_lmdb's scenes, 3 rows each
     whole_rows = LMDBDataset(whole)
     for i in range(10):
         r = list(np.asarray(whole_rows[i]))
@@ -76,7 +76,7 @@ def test_gpt_and_sr_rows(tmp_path, demo_tokenizer, monkeypatch):
         assert r[boi1 + 1:boi1 + 17] == enc.encode([scenes[i // 3]], 32)[0].tolist()
         assert r[boi2 + 1:-1] == enc.encode([scenes[i // 3]], 64)[0].tolist() and r[-1] == tok["[EOI2]"]
     # a low-level row continues exactly the query generate_samples.py builds for that task
-    from data_utils.shapes import caption, render
+    from demo.shapes import caption, render
     from generation.queries import task_template
     from preprocess import low_level_sr_row
     render(scenes[0], 32).save(tmp_path / "half.png")
@@ -90,11 +90,11 @@ def test_gpt_and_sr_rows(tmp_path, demo_tokenizer, monkeypatch):
     for name in ("sr_row", "low_level_sr_row"):
         monkeypatch.setattr(preprocess.rows, name, lambda *a, _f=getattr(preprocess.rows, name), _n=name, **k:
                             made.append(_n) or _f(*a, **k))
-    assert make_demo_data.write_sr_lmdb(str(tmp_path / "mixed.lmdb"), 40, 1, 64, vq, demo_tokenizer, "cpu",
+    assert make_data.write_sr_lmdb(str(tmp_path / "mixed.lmdb"), 40, 1, 64, vq, demo_tokenizer, "cpu",
                                         low_level_fraction=0.5) == 40
     assert len(made) == 40 and 8 <= made.count("low_level_sr_row") <= 32, made
     padded = str(tmp_path / "sr_padded.lmdb")  # train_demo.sh's SR_TEXT_LENGTH
-    assert make_demo_data.write_sr_lmdb(padded, 10, 1, 64, vq, demo_tokenizer, "cpu", text_length=20) == 10
+    assert make_data.write_sr_lmdb(padded, 10, 1, 64, vq, demo_tokenizer, "cpu", text_length=20) == 10
     rows = [np.asarray(LMDBDataset(padded)[i]) for i in range(10)]
     assert {list(r).index(tok["[BOI1]"]) for r in rows} == {22} and {len(r) for r in rows} == {22 + 1 + 16 + 5 + 64 + 1}
 
@@ -102,10 +102,10 @@ def test_gpt_and_sr_rows(tmp_path, demo_tokenizer, monkeypatch):
 def test_vqvae_lmdb_images_load_in_worker_processes(tmp_path):
     from torch.utils.data import DataLoader
 
-    from data_utils import make_demo_data
+    from demo import make_data
     from vqvae.data import make_dataset
     out = str(tmp_path / "imgs.lmdb")
-    assert make_demo_data.write_vqvae_images(out, 8, seed=0, img_size=32) == 8
+    assert make_data.write_vqvae_images(out, 8, seed=0, img_size=32) == 8
     batches = list(DataLoader(make_dataset(out, 32), batch_size=4, num_workers=1))
     assert len(batches) == 2 and batches[0].shape == (4, 3, 32, 32)
 
@@ -113,10 +113,10 @@ def test_vqvae_lmdb_images_load_in_worker_processes(tmp_path):
 def test_lmdb_output_goes_into_a_new_folder_and_replaces_an_old_one(tmp_path):
     import lmdb
 
-    from data_utils import make_demo_data
+    from demo import make_data
     out = str(tmp_path / "new" / "dir" / "rows.lmdb")  # a fresh DEMO_DIR: no parent yet
-    assert make_demo_data.write_lmdb(out, [b"a", b"b"]) == 2
-    assert make_demo_data.write_lmdb(out, [b"c"]) == 1
+    assert make_data.write_lmdb(out, [b"a", b"b"]) == 2
+    assert make_data.write_lmdb(out, [b"c"]) == 1
     with lmdb.open(out, readonly=True, lock=False).begin() as txn:
         assert txn.get(b"length") == b"1" and txn.get(b"0") == b"c" and txn.get(b"1") is None
     assert sorted(os.listdir(tmp_path / "new" / "dir")) == ["rows.lmdb"]  # no .tmp left
@@ -129,11 +129,11 @@ def test_vqvae_decoder_images_hold_whole_small_renders(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from data_utils import make_demo_data
-    from data_utils.shapes import render, sample_scenes
+    from demo import make_data
+    from demo.shapes import render, sample_scenes
     plain, whole = str(tmp_path / "plain.lmdb"), str(tmp_path / "whole.lmdb")
-    assert make_demo_data.write_vqvae_images(plain, 6, seed=3, img_size=128) == 6
-    assert make_demo_data.write_vqvae_images(whole, 6, seed=3, img_size=128, whole_size=64) == 6
+    assert make_data.write_vqvae_images(plain, 6, seed=3, img_size=128) == 6
+    assert make_data.write_vqvae_images(whole, 6, seed=3, img_size=128, whole_size=64) == 6
     scenes = sample_scenes(6, 3)
 
     def images(path):
@@ -149,7 +149,7 @@ def test_vqvae_decoder_images_hold_whole_small_renders(tmp_path):
     for i in (1, 2, 4, 5):  # the rest: the same crops as without whole_size
         assert np.array_equal(a[i], b[i])
     only = str(tmp_path / "only.lmdb")  # the base model's VQ-VAE: whole 64 px scenes alone
-    assert make_demo_data.write_vqvae_images(only, 6, seed=3, img_size=64, whole_only=True) == 6
+    assert make_data.write_vqvae_images(only, 6, seed=3, img_size=64, whole_only=True) == 6
     assert all(np.array_equal(c, np.asarray(render(s, 64))) for c, s in zip(images(only), scenes))
 
 
@@ -158,7 +158,7 @@ def test_export_release(tmp_path, demo_tokenizer):
     vq = make_vqvae(str(tmp_path))
     ckpt = make_gpt_checkpoint(str(tmp_path), vq, demo_tokenizer)
     dst = str(tmp_path / "release" / "cogview-demo")
-    out = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", ckpt, dst, "--dtype", "float16",
+    out = subprocess.run([sys.executable, "-m", "training.export_release", "gpt", ckpt, dst, "--dtype", "float16",
                           "--guidance-scale", "image2text=0.5", "--caption-rerank",
                           "--caption-rerank-weight", "1.5", "--guidance-top-k", "text2image=2"],
                          cwd=ROOT, capture_output=True, text=True)
@@ -185,14 +185,14 @@ def test_export_release(tmp_path, demo_tokenizer):
     given = get_args(["--load", dst, "--caption-rerank-weight", "0"])  # a flag wins over the config
     apply_checkpoint_config(given, ["--load", dst, "--caption-rerank-weight", "0"])
     assert given.caption_rerank_weight == 0
-    bad_scale = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", ckpt, str(tmp_path / "out"),
+    bad_scale = subprocess.run([sys.executable, "-m", "training.export_release", "gpt", ckpt, str(tmp_path / "out"),
                                 "--guidance-scale", "captions=1"], cwd=ROOT, capture_output=True, text=True)
     assert bad_scale.returncode == 2 and "image2text=S" in bad_scale.stderr and not os.path.exists(tmp_path / "out")
-    bad_k = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", ckpt, str(tmp_path / "out"),
+    bad_k = subprocess.run([sys.executable, "-m", "training.export_release", "gpt", ckpt, str(tmp_path / "out"),
                             "--guidance-top-k", "text2image=0.5"], cwd=ROOT, capture_output=True, text=True)
     assert bad_k.returncode == 2 and "whole number" in bad_k.stderr and not os.path.exists(tmp_path / "out")
     # a bad source gives one line and no output
-    bad = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", str(tmp_path / "nope"),
+    bad = subprocess.run([sys.executable, "-m", "training.export_release", "gpt", str(tmp_path / "nope"),
                           str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and not os.path.exists(tmp_path / "out")
 
@@ -209,7 +209,7 @@ def test_export_release_averages_checkpoints(tmp_path, demo_tokenizer):
     other = str(tmp_path / "other")
     save_checkpoint(other, 4, other_state)
     dst = str(tmp_path / "release" / "avg")
-    out = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", ckpt, dst, "--dtype", "float32",
+    out = subprocess.run([sys.executable, "-m", "training.export_release", "gpt", ckpt, dst, "--dtype", "float32",
                           "--average", other], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert read_tracker(dst)[0] == "10"
@@ -220,14 +220,14 @@ def test_export_release_averages_checkpoints(tmp_path, demo_tokenizer):
             assert not torch.equal(v, first[k])
     wrong = str(tmp_path / "wrong")
     save_checkpoint(wrong, 4, {k: (v[..., :1] if v.dim() else v) for k, v in first.items()})
-    bad = subprocess.run([sys.executable, "-m", "arch.export_release", "gpt", ckpt, str(tmp_path / "out"),
+    bad = subprocess.run([sys.executable, "-m", "training.export_release", "gpt", ckpt, str(tmp_path / "out"),
                           "--average", wrong], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "wrong" in bad.stderr
     assert not os.path.exists(tmp_path / "out")
 
 
 def test_export_vqvae_keeps_weights_and_config(tmp_path):
-    from arch.export_release import export_vqvae
+    from training.export_release import export_vqvae
     import vqvae
     model = vqvae.VQVAE(channel=16, n_res_block=1, n_res_channel=8, embed_dim=8, n_embed=32, stride=6)
     src = str(tmp_path / "vqvae_10.pt")
@@ -316,11 +316,11 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
         f"== train_demo: keeping {tmp_path / 'demo' / 'sr.lmdb'}"], said
     assert "SR_ROWS=24" in said[1] and "SR_LOW_LEVEL=0.25" in said[1]
     # about a quarter of the super-resolution rows are whole 64 px scenes -> 128 px (SR_LOW_LEVEL)
-    from data_utils import make_demo_data
+    from demo import make_data
     from data_utils.datasets import LMDBDataset
     from data_utils.unified_tokenizer import UnifiedTokenizer
-    scenes = make_demo_data.sample_scenes(24 // 3, 1234 + 2)  # write_sr_lmdb's scenes for SEED 1234
-    half = make_demo_data._Encoder(str(pre / "vqvae" / "shapes_vqvae.pt"), "cpu").encode(scenes, 64)
+    scenes = make_data.sample_scenes(24 // 3, 1234 + 2)  # write_sr_lmdb's scenes for SEED 1234
+    half = make_data._Encoder(str(pre / "vqvae" / "shapes_vqvae.pt"), "cpu").encode(scenes, 64)
     sr_rows = LMDBDataset(str(tmp_path / "demo" / "sr.lmdb"))
     rows = [np.asarray(sr_rows[i]).tolist() for i in range(24)]
     boi1 = UnifiedTokenizer(str(pre / "vqvae" / "shapes_vqvae.pt"), str(pre / "text_tokenizer" / "shapes.model"))["[BOI1]"]
@@ -337,7 +337,7 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     (img,) = (tmp_path / "samples").glob("*/0.jpg")
     assert Image.open(img).size == (64, 64)
     # the exported super-resolution model runs magnify's 3x3 windows: 128 px -> 256 px
-    from data_utils.shapes import render, sample_scenes
+    from demo.shapes import render, sample_scenes
     render(sample_scenes(1, 5)[0], 128).save(tmp_path / "low.png")
     (tmp_path / "sr.txt").write_text(f"a small red circle in the top left corner on a white background\t"
                                      f"{tmp_path / 'low.png'}\n")
@@ -376,27 +376,24 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
 
 
 def test_eval_caption_flags_score_each_attribute():
-    import importlib.util
-    from data_utils.shapes import parse_caption
-    spec = importlib.util.spec_from_file_location("eval_demo", os.path.join(ROOT, "bench", "eval_demo.py"))
-    eval_demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(eval_demo)
+    from demo import evaluate
+    from demo.shapes import parse_caption
     truth = parse_caption("a small red star in the top left corner on a white background")
     got = parse_caption("a small red triangle in the top left corner on a white background")
-    flags = eval_demo.caption_flags(truth, got)
+    flags = evaluate.caption_flags(truth, got)
     assert flags == {"parsed": True, "all": False, "background": True, "colour": True, "shape": False,
                      "position": True, "size": True}
-    assert not any(eval_demo.caption_flags(truth, None).values())
+    assert not any(evaluate.caption_flags(truth, None).values())
     pair = parse_caption("a red star above a blue circle on a black background")
     swapped = parse_caption("a red star below a blue circle on a black background")
-    assert eval_demo.caption_flags(pair, swapped) == {"parsed": True, "all": False, "background": True,
+    assert evaluate.caption_flags(pair, swapped) == {"parsed": True, "all": False, "background": True,
                                                       "colours": True, "shapes": True, "relation": False}
-    assert not eval_demo.caption_flags(pair, truth)["colours"]
+    assert not evaluate.caption_flags(pair, truth)["colours"]
     # the same picture described from the other object is right in every attribute
     other_way = parse_caption("a blue circle below a red star on a black background")
     assert other_way == pair.mirrored() and other_way.mirrored() == pair
-    assert all(eval_demo.caption_flags(pair, other_way).values())
+    assert all(evaluate.caption_flags(pair, other_way).values())
     wrong_shape = parse_caption("a blue square below a red star on a black background")
-    assert eval_demo.caption_flags(pair, wrong_shape) == {"parsed": True, "all": False, "background": True,
+    assert evaluate.caption_flags(pair, wrong_shape) == {"parsed": True, "all": False, "background": True,
                                                           "colours": True, "shapes": False, "relation": True}
     assert truth.mirrored() == truth

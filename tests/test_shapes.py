@@ -4,10 +4,10 @@ import random
 import numpy as np
 import pytest
 
-from data_utils.shapes import (BACKGROUNDS, COLOURS, HELD_OUT_PAIRS, POSITIONS, SHAPES, SIZES, Obj, Scene,
+from demo.shapes import (BACKGROUNDS, COLOURS, HELD_OUT_PAIRS, POSITIONS, SHAPES, SIZES, Obj, Scene,
                                all_scenes, caption, caption_en, caption_zh, parse_caption, render_array,
                                sample_scenes)
-from data_utils.shapes_checker import check_image, describe, read_scene
+from demo.checker import check_image, describe, read_scene
 
 
 def test_scene_counts_and_held_out_split():

@@ -1,11 +1,11 @@
 """Evaluate the shipped demo models on held-out shapes scenes (scripts/eval_demo.sh).
 
-    python bench/eval_demo.py [--model pretrained/cogview/cogview-demo]
+    python -m demo.evaluate [--model pretrained/cogview/cogview-demo]
         [--sr-model pretrained/cogview/cogview-demo-sr] [--prompts 100] [--write-results]
 
-Every scored prompt and image comes from held-out scenes (data_utils.shapes.HELD_OUT_PAIRS: a
+Every scored prompt and image comes from held-out scenes (demo.shapes.HELD_OUT_PAIRS: a
 (colour, shape) pair the models never saw). Images are scored by the grammar checker
-(data_utils.shapes_checker), captions by parsing them back into scenes.
+(demo.checker), captions by parsing them back into scenes.
 
 - vqvae ceiling: checker accuracy on VQ-VAE reconstructions of the rendered scenes;
 - text2image: one image per prompt (one- and two-object, English and Chinese);
@@ -35,14 +35,13 @@ from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 import numpy as np
 import torch
 from PIL import Image
 
-from data_utils.shapes import (Scene, all_scenes, caption, parse_caption, render)
-from data_utils.shapes_checker import check_image
+from demo.shapes import (Scene, all_scenes, caption, parse_caption, render)
+from demo.checker import check_image
 from generation.queries import size_token
 
 LANGUAGES = ("en", "zh")
@@ -355,7 +354,7 @@ def report(results: dict) -> str:
     lines = [
         f"Held-out prompts: {results['prompts_per_kind']} one-object and {results['prompts_per_kind']} "
         "two-object scenes, each containing a (colour, shape) pair never trained on; English and "
-        "Chinese prompts alternate. Checker: data_utils/shapes_checker.py. Images sampled at "
+        "Chinese prompts alternate. Checker: demo/checker.py. Images sampled at "
         f"temperature {results['temperature']}, top-k {results['top_k']}; --guidance-scale "
         f"{_guidance_words(results.get('guidance_scale', {}), results.get('guidance_top_k', {}))}; a two-object "
         "caption may name either object first (\"a blue circle below a red star\" is \"a red star "
@@ -453,8 +452,8 @@ def write_picture(model: str, prompts_file: str, out: str, per_prompt: int = 4, 
 
 
 def main(argv=None) -> int:
-    from arch.export_release import task_scale, task_top_k
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from training.export_release import task_scale, task_top_k
+    p = argparse.ArgumentParser(prog="python -m demo.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=os.path.join(ROOT, "pretrained/cogview/cogview-demo"))
     p.add_argument("--sr-model", default=os.path.join(ROOT, "pretrained/cogview/cogview-demo-sr"))
     p.add_argument("--prompts", type=int, default=100, help="held-out prompts per kind (one/two objects)")

@@ -1,9 +1,9 @@
 """Turn a training checkpoint into a small release folder (what pretrained/ ships).
 
-    python -m arch.export_release gpt SRC DST [--dtype float16] [--average OTHER ...] \
+    python -m training.export_release gpt SRC DST [--dtype float16] [--average OTHER ...] \
         [--img-tokenizer-path VQVAE.pt] [--txt-tokenizer-path TOK.model] [--guidance-scale TASK=S ...] \
         [--guidance-top-k TASK=K ...] [--caption-rerank] [--caption-rerank-weight W]
-    python -m arch.export_release vqvae SRC.pt DST.pt
+    python -m training.export_release vqvae SRC.pt DST.pt
 
 gpt: reads the tracked iteration of SRC (the original layout), keeps only the weights
 (``module``) and the iteration, stores floating tensors in --dtype, and writes
@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .checkpoint import (CheckpointError, StateDict, _atomic_torch_save, load_checkpoint_state, read_tracker,
+from arch.checkpoint import (CheckpointError, StateDict, _atomic_torch_save, load_checkpoint_state, read_tracker,
                          save_checkpoint, write_text_atomic)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -142,7 +142,7 @@ def task_top_k(text: str) -> Tuple[str, int]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m arch.export_release", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.export_release", description=__doc__.split("\n\n")[0])
     p.add_argument("kind", choices=["gpt", "vqvae"])
     p.add_argument("src")
     p.add_argument("dst")

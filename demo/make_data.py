@@ -1,14 +1,14 @@
-"""Build the shipped demo model's data from the shapes grammar (data_utils.shapes).
+"""Build the shipped demo model's data from the shapes grammar (demo.shapes).
 
-    python -m data_utils.make_demo_data captions --out data/demo/captions.txt
-    python -m data_utils.make_demo_data tokenizer --captions data/demo/captions.txt \
+    python -m demo.make_data captions --out data/demo/captions.txt
+    python -m demo.make_data tokenizer --captions data/demo/captions.txt \
         --out pretrained/text_tokenizer/shapes
-    python -m data_utils.make_demo_data vqvae-images --out data/demo/vqvae_images.lmdb --num 24000
-    python -m data_utils.make_demo_data gpt --out data/demo/gpt.lmdb --vqvae VQVAE.pt \
+    python -m demo.make_data vqvae-images --out data/demo/vqvae_images.lmdb --num 24000
+    python -m demo.make_data gpt --out data/demo/gpt.lmdb --vqvae VQVAE.pt \
         --txt-tokenizer-path TOK.model --num 200000
-    python -m data_utils.make_demo_data sr --out data/demo/sr.lmdb --vqvae ... --num 20000
-    python -m data_utils.make_demo_data held-out --out data/demo/held_out
-    python -m data_utils.make_demo_data examples --out assets/examples
+    python -m demo.make_data sr --out data/demo/sr.lmdb --vqvae ... --num 20000
+    python -m demo.make_data held-out --out data/demo/held_out
+    python -m demo.make_data examples --out assets/examples
 
 Every step is deterministic in --seed and only uses training-split scenes (held-out
 (colour, shape) pairs never appear), except ``held-out``, which writes the evaluation
@@ -26,14 +26,11 @@ import shutil
 import sys
 from typing import Dict, Iterable, List, Optional, Sequence
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from data_utils.shapes import (Scene, all_scenes, caption, render, render_array, sample_scenes)
+from demo.shapes import (Scene, all_scenes, caption, render, render_array, sample_scenes)
 
 LANGUAGES = ("en", "zh")
 VQVAE_CROP = 64
@@ -88,7 +85,7 @@ def train_tokenizer(captions_path: str, out_prefix: str, vocab_size: int) -> str
     Chinese has no spaces, so plain BPE merges across words ("一个青色心形在一个") and ties
     colour to shape in one piece, which a held-out colour/shape pair would never have seen.
     """
-    from data_utils.shapes import ZH_COLOURS, ZH_POSITIONS, ZH_RELATIONS, ZH_SHAPES, ZH_SIZES
+    from demo.shapes import ZH_COLOURS, ZH_POSITIONS, ZH_RELATIONS, ZH_SHAPES, ZH_SIZES
     from data_utils.sp_tokenizer import train_text_tokenizer
     words = sorted({w for d in (ZH_COLOURS, ZH_SHAPES, ZH_SIZES, ZH_RELATIONS) for w in d.values()}
                    | {w[1:] for w in ZH_POSITIONS.values()}, key=lambda w: (-len(w), w))
@@ -265,7 +262,7 @@ EXAMPLES = (  # (file name, caption): held-out scenes, so the demo model never s
 
 def write_examples(out: str, img_size: int) -> int:
     """The example images the input files of the generation scripts point at."""
-    from data_utils.shapes import parse_caption
+    from demo.shapes import parse_caption
     os.makedirs(out, exist_ok=True)
     for name, text in EXAMPLES:
         render(parse_caption(text), img_size).save(os.path.join(out, f"{name}.png"))
@@ -273,7 +270,7 @@ def write_examples(out: str, img_size: int) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data_utils.make_demo_data",
+    p = argparse.ArgumentParser(prog="python -m demo.make_data",
                                 description="Build the shapes-grammar data for the demo model.")
     p.add_argument("step", choices=["captions", "tokenizer", "vqvae-images", "gpt", "sr", "held-out", "examples"])
     p.add_argument("--out", required=True)

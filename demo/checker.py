@@ -1,6 +1,6 @@
 """Read a shapes-grammar scene back out of pixels, to score generated images automatically.
 
-Written from the grammar alone (data_utils.shapes), not learned: the background is the
+Written from the grammar alone (demo.shapes), not learned: the background is the
 border's median colour; foreground pixels (far from it) take the nearest palette colour;
 each colour's largest connected blob is an object; its bounding box gives centre and
 diameter for each candidate shape, and the shape whose rendered mask overlaps the blob
