@@ -21,8 +21,9 @@ from .conftest import ROOT
 
 STORED = {"num_layers": 3, "hidden_size": 48, "num_attention_heads": 4, "max_position_embeddings": 96,
           "img_size": 64, "img_tokenizer_path": "../tok/vq.pt", "txt_tokenizer_path": "/abs/sp.model",
-          "sr_text_length": 20, "roi2_position_restart": False, "guidance_scale": {"image2text": 0.5, "text2image": 0.8},
-          "guidance_top_k": {"text2image": 2}, "caption_rerank": True, "caption_rerank_weight": 3}
+          "sr_text_length": 20, "roi2_position_restart": False,
+          "guidance_scale": {"image2text": 0.5, "text2image": 0.8}, "guidance_top_k": {"text2image": 2},
+          "caption_rerank": True, "caption_rerank_weight": 3}
 
 
 def checkpoint(tmp_path, config) -> str:
