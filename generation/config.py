@@ -134,7 +134,7 @@ class GenerationConfig:
                           pb_relax_alpha=self.pb_relax_alpha)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, explicit: AbstractSet[str] = frozenset()) -> "GenerationConfig":
+    def from_args(cls, args: argparse.Namespace, explicit: AbstractSet[str]) -> "GenerationConfig":
         """The settings of ``args`` (arguments.get_args's namespace) with ``<args.load>/model_config.json``
         applied to every flag whose dest is not in ``explicit`` (the flags given on the command
         line, arguments.explicit_dests).
@@ -143,7 +143,8 @@ class GenerationConfig:
         mistyped model_config.json.
         """
         flags: Dict[str, Any] = vars(args)
-        stored = (read_model_config(args.load) if args.load else None) or {}
+        file_values = read_model_config(args.load) if args.load else None
+        stored = file_values or {}
 
         def pick(key: str) -> Any:
             """The flag when given, else the checkpoint's value, else the flag's default."""
@@ -157,7 +158,7 @@ class GenerationConfig:
         return cls(
             task=args.generation_task, device=args.device, dtype=args.dtype, seed=args.seed, rank=args.rank,
             world_size=args.world_size, load=args.load, trust_checkpoint=args.trust_checkpoint,
-            model_config_path=model_config_path(args.load) if stored else None,
+            model_config_path=model_config_path(args.load) if file_values is not None else None,
             **recorded,
             max_memory_length=args.max_memory_length, pb_relax_attention=args.pb_relax_attention,
             pb_relax_alpha=args.pb_relax_alpha,
