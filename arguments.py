@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Sequence, Set
 
 UNUSED = "(accepted for compatibility with the original; has no effect)"
 
@@ -335,6 +335,23 @@ def get_parser() -> argparse.ArgumentParser:
     add_sparse_args(parser)
     add_deepspeed_args(parser)
     return parser
+
+
+_NOT_GIVEN = object()  # default of every flag while explicit_dests re-parses
+
+
+def explicit_dests(argv: Optional[Sequence[str]] = None) -> Set[str]:
+    """Destinations of the flags given in ``argv`` (default: sys.argv[1:]), whatever their value.
+
+    A value read from a checkpoint's model_config.json must not replace a flag the user
+    typed, even one equal to its default; re-parsing with every default set to a sentinel
+    tells the two apart.
+    """
+    parser = get_parser()
+    dests = vars(parser.parse_known_args([])[0])
+    parser.set_defaults(**{dest: _NOT_GIVEN for dest in dests})
+    parsed, _ = parser.parse_known_args(list(argv) if argv is not None else None)
+    return {dest for dest, value in vars(parsed).items() if value is not _NOT_GIVEN}
 
 
 def parse_device(value: Optional[str]) -> str:

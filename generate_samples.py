@@ -9,22 +9,24 @@ other lines still run and the exit code is 1 if any line failed.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import sys
 import time
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from arch import CheckpointError
-from arguments import get_args
+from arguments import explicit_dests, get_args
 from generation import (Guidance, SamplingConfig, TokenLayout, caption_given_image_score, generate_in_chunks,
                         image_given_text_score, inverse_prompt_score, magnify)
+from generation.config import GenerationConfig
 from generation.magnify import pad_query_text, sr_middle_tokens, sr_window
-from generation.model_setup import apply_checkpoint_config, load_generation_model
+from generation.model_setup import load_generation_model
 from generation.outputs import first_sentence, save_debug_grid, save_samples, to_side
 from generation.queries import (Query, QueryError, check_command_tokens, check_positions, parse_region,
                                 region_mask, split_line, task_template)
@@ -34,24 +36,24 @@ PROMPT = "Please input a query (stop to exit) >>> "
 
 
 class Generator:
-    """Holds the model, tokenizer and flags; one method per task."""
+    """Holds the model, tokenizer and settings; one method per task."""
 
-    def __init__(self, args, tokenizer, model):
-        self.args, self.tokenizer, self.model = args, tokenizer, model
-        self.device = torch.device(args.device)
+    def __init__(self, cfg: GenerationConfig, tokenizer, model):
+        self.cfg, self.tokenizer, self.model = cfg, tokenizer, model
+        self.device = torch.device(cfg.device)
         self.layout = TokenLayout.from_tokenizer(tokenizer)
-        self.config = SamplingConfig(args.temperature, args.top_k, args.top_p)
-        self.grid = tokenizer.code_grid_side(args.img_size, self.device)
-        self.generator = torch.Generator(device=self.device).manual_seed(args.seed)
-        self.max_positions = args.max_position_embeddings
+        self.config = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p)
+        self.grid = tokenizer.code_grid_side(cfg.img_size, self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.max_positions = cfg.max_position_embeddings
         # positions restart after [ROI2] unless the checkpoint was trained with them counting on
-        self.roi2_restart = getattr(args, "roi2_position_restart", None) is not False
+        self.roi2_restart = cfg.roi2_position_restart
         self.roi2_id = tokenizer["[ROI2]"] if self.roi2_restart else None  # for check_positions
 
     # ---- helpers ------------------------------------------------------------------------
     def parse(self, text: str, img_size: Optional[int] = None, check: bool = True) -> List[int]:
         check_command_tokens(text, self.tokenizer.command_tokens)
-        ids = self.tokenizer.parse_query(text, img_size=img_size or self.args.img_size)
+        ids = self.tokenizer.parse_query(text, img_size=img_size or self.cfg.img_size)
         if check:
             check_positions(ids, self.roi2_id, self.max_positions)
         return ids
@@ -61,10 +63,9 @@ class Generator:
         image2text query, None when off. The prior is the query with its condition cut
         off, as the model saw such rows in training: an image-first row starts at
         ``[size] [BOI1]``, a text-first row at ``[ROI1]``."""
-        scale = getattr(self.args, "task_guidance_scale", {}).get(task, self.args.guidance_scale)
+        scale, top_k = self.cfg.guidance(task)
         if not scale or task not in ("text2image", "image2text"):
             return None
-        top_k = getattr(self.args, "task_guidance_top_k", {}).get(task, self.args.guidance_top_k)
         if task == "text2image":
             return Guidance(scale, start=ids.index(self.tokenizer["[BOI1]"]) - 1, top_k=top_k)  # the size token
         return Guidance(scale, start=ids.index(self.tokenizer["[ROI1]"]), top_k=top_k)
@@ -73,12 +74,12 @@ class Generator:
                config: Optional[SamplingConfig] = None, guidance: Optional[Guidance] = None) -> torch.Tensor:
         """``batch_size`` samples of ``ids`` (-1 = to generate); ``config`` overrides the flags'
         temperature / top-k / top-p; ``guidance`` (from ``self.guidance``) steers them."""
-        n = batch_size or self.args.batch_size
+        n = batch_size or self.cfg.batch_size
         bar = tqdm(total=count_to_generate(ids) * n, desc=desc or "tokens", unit="tok", leave=False,
                    mininterval=1.0, file=sys.stderr)
         try:
-            return generate_in_chunks(self.model, ids, n, self.args.max_inference_batch_size, self.layout,
-                                      config=config or self.config, device=self.device, sampler=self.args.sampler,
+            return generate_in_chunks(self.model, ids, n, self.cfg.max_inference_batch_size, self.layout,
+                                      config=config or self.config, device=self.device, sampler=self.cfg.sampler,
                                       generator=self.generator, on_token=bar.update, guidance=guidance,
                                       roi2_restart=self.roi2_restart)
         finally:
@@ -91,7 +92,7 @@ class Generator:
         return images[-1].float().cpu()
 
     def out_folder(self, query: Query) -> str:
-        return os.path.join(self.args.output_path, query.id if query.id else query.label)
+        return os.path.join(self.cfg.output_path, query.id if query.id else query.label)
 
     def report(self, query: Query, count: int, seconds: float, where: str) -> None:
         print(f"line {query.line_number}: {count} image(s) in {seconds:.1f}s "
@@ -99,10 +100,10 @@ class Generator:
 
     def save(self, query: Query, images: List[torch.Tensor], extra_first: List[torch.Tensor] = ()) -> str:
         side = max(im.size(-1) for im in images)
-        if self.args.debug:
+        if self.cfg.debug:
             texts = [query.raw]
             print("\n".join(texts))
-            return save_debug_grid(list(extra_first) + images, self.args.output_path, query.label, side)
+            return save_debug_grid(list(extra_first) + images, self.cfg.output_path, query.label, side)
         folder = self.out_folder(query)
         save_samples(images, folder, side)
         return folder
@@ -121,7 +122,7 @@ class Generator:
         start = time.time()
         seqs = self.sample(ids, desc=f"line {query.line_number}", guidance=self.guidance(ids, "image2text"))
         captions = self.captions(ids, seqs)
-        if self.args.caption_rerank:
+        if self.cfg.caption_rerank:
             ranked = self.rank_captions(ids, captions)
             captions = [c for _, c in ranked]
             weight = self.caption_rerank_weight()
@@ -170,21 +171,21 @@ class Generator:
 
     def caption_rerank_weight(self) -> float:
         """--caption-rerank-weight, else the checkpoint's model_config.json value, else 0."""
-        return float(getattr(self.args, "caption_rerank_weight", None) or 0.0)
+        return self.cfg.caption_rerank_weight
 
     def low_level_sequences(self, text: str, path: str, batch_size: Optional[int] = None,
                             desc: str = "") -> torch.Tensor:
         """Samples of low-level super-resolution: the image read at half img_size, then
         regenerated at img_size (the decoded images are each row's first and last)."""
         template = task_template("low-level super-resolution", self.grid)
-        ids = self.sr_text(self.parse(template.format(text, path), img_size=self.args.img_size // 2, check=False))
+        ids = self.sr_text(self.parse(template.format(text, path), img_size=self.cfg.img_size // 2, check=False))
         check_positions(ids, self.roi2_id, self.max_positions)
         return self.sample(ids, batch_size=batch_size, desc=desc)
 
     def sr_text(self, ids: List[int]) -> List[int]:
         """A super-resolution query with its caption padded as the model was trained
         (model_config.json's sr_text_length; unchanged for the original's models)."""
-        return pad_query_text(ids, self.tokenizer.command_tokens, getattr(self.args, "sr_text_length", 0) or 0)
+        return pad_query_text(ids, self.tokenizer.command_tokens, self.cfg.sr_text_length)
 
     def low_level_super_resolution(self, query: Query) -> None:
         text, path = query.fields
@@ -192,7 +193,7 @@ class Generator:
         seqs = self.low_level_sequences(text, path, desc=f"line {query.line_number}")
         images = [self.last_image(s) for s in seqs]
         _, decoded = self.tokenizer.DecodeIds(seqs[0].tolist())
-        where = self.save(query, images, extra_first=[decoded[0].float().cpu()] if self.args.debug else [])
+        where = self.save(query, images, extra_first=[decoded[0].float().cpu()] if self.cfg.debug else [])
         self.report(query, len(images), time.time() - start, where)
 
     def super_resolution(self, query: Query) -> None:
@@ -207,13 +208,13 @@ class Generator:
         check_positions(one_window, self.roi2_id, self.max_positions)
         start = time.time()
         images = []
-        for _ in range(self.args.batch_size):
+        for _ in range(self.cfg.batch_size):
             hi = magnify(low, prefix, lambda seq: self.sample(seq, batch_size=1, desc="window"),
                          self.tokenizer.command_tokens, window=window, stride=stride)
             images.append(self.tokenizer.img_tokenizer.DecodeIds(hi[0]).float().cpu())
         side = images[0].size(-1)
-        extra = [to_side(self.tokenizer.img_tokenizer.DecodeIds(low).float().cpu(), side)] if self.args.debug else []
-        path_out = save_debug_grid(extra + images, self.args.output_path if not query.id else self.out_folder(query),
+        extra = [to_side(self.tokenizer.img_tokenizer.DecodeIds(low).float().cpu(), side)] if self.cfg.debug else []
+        path_out = save_debug_grid(extra + images, self.cfg.output_path if not query.id else self.out_folder(query),
                                    query.label, side)
         self.report(query, len(images), time.time() - start, path_out)
 
@@ -225,11 +226,11 @@ class Generator:
             raise QueryError("the images gave code sequences of different lengths")
         seq = torch.tensor(rows, device=self.device)
         scores = []
-        for chunk in seq.split(self.args.max_inference_batch_size):
+        for chunk in seq.split(self.cfg.max_inference_batch_size):
             scores.extend(inverse_prompt_score(self.model, chunk, self.tokenizer["[ROI1]"],
                                                self.tokenizer.num_image_tokens).tolist())
-        os.makedirs(self.args.output_path, exist_ok=True)
-        out = os.path.join(self.args.output_path, f"scores_rank_{self.args.rank}.txt")
+        os.makedirs(self.cfg.output_path, exist_ok=True)
+        out = os.path.join(self.cfg.output_path, f"scores_rank_{self.cfg.rank}.txt")
         with open(out, "a") as f:
             f.write(query.raw + "\n" + "\t".join(f"{s:.6f}" for s in scores) + "\n")
         print(f"line {query.line_number}: scores {' '.join(f'{s:.3f}' for s in scores)} -> {out}", flush=True)
@@ -246,7 +247,7 @@ class Generator:
         seqs = self.sample(ids, desc=f"line {query.line_number}")
         images = [self.last_image(s) for s in seqs]
         extra = ([self.tokenizer.img_tokenizer.DecodeIds(torch.tensor(original_codes)).float().cpu()]
-                 if self.args.debug else [])
+                 if self.cfg.debug else [])
         where = self.save(query, images, extra_first=extra)
         self.report(query, len(images), time.time() - start, where)
 
@@ -258,13 +259,13 @@ class Generator:
             "super-resolution": self.super_resolution,
             "post-selection": self.post_selection,
             "inpainting": self.inpainting,
-        }[self.args.generation_task]
+        }[self.cfg.task]
         handler(query)
 
 
-def iterate_lines(args) -> Iterator[Tuple[int, str]]:
+def iterate_lines(cfg: GenerationConfig) -> Iterator[Tuple[int, str]]:
     """(line number, text) from the input file (this rank's share) or the interactive prompt."""
-    if args.input_source == "interactive":
+    if cfg.input_source == "interactive":
         try:
             import readline  # noqa: F401  (history and line editing for input())
         except ImportError:
@@ -281,29 +282,35 @@ def iterate_lines(args) -> Iterator[Tuple[int, str]]:
                 return
             yield number, line
     else:
-        with open(args.input_source, encoding="utf-8") as f:
+        with open(cfg.input_source, encoding="utf-8") as f:
             for number, line in enumerate(f.read().splitlines(), start=1):
-                if (number - 1) % args.world_size == args.rank:
+                if (number - 1) % cfg.world_size == cfg.rank:
                     yield number, line
 
 
-def setup(args, argv):
+def load_config(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> GenerationConfig:
+    """The run's settings: the flags given in ``argv`` (default sys.argv[1:]) over the
+    checkpoint's model_config.json over the flags' defaults; ``args`` is get_args(argv).
+    Raises CheckpointError (one line) for an unreadable or mistyped model_config.json."""
+    return GenerationConfig.from_args(args, explicit_dests(argv))
+
+
+def setup(cfg: GenerationConfig):
     """Seeds, tokenizer and model; raises CheckpointError/ValueError with one-line messages."""
-    apply_checkpoint_config(args, argv)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    if args.input_source != "interactive" and not os.path.isfile(args.input_source):
-        raise ValueError(f"--input-source {args.input_source}: no such file (or use 'interactive')")
-    if args.generation_task == "raw":
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.input_source != "interactive" and not os.path.isfile(cfg.input_source):
+        raise ValueError(f"--input-source {cfg.input_source}: no such file (or use 'interactive')")
+    if cfg.task == "raw":
         raise ValueError("--generation-task raw is the inpainting task here: use --generation-task inpainting")
-    if not args.img_tokenizer_path:
+    if not cfg.img_tokenizer_path:
         raise ValueError("generation needs --img-tokenizer-path (a VQ-VAE checkpoint) to read and write images")
     from data_utils.unified_tokenizer import UnifiedTokenizer
 
-    tokenizer = UnifiedTokenizer(args.img_tokenizer_path, args.txt_tokenizer_path, device=args.device)
-    vocab = tokenizer.padded_vocab_size(args.make_vocab_size_divisible_by, 1)
-    model = load_generation_model(args, vocab)
+    tokenizer = UnifiedTokenizer(cfg.img_tokenizer_path, cfg.txt_tokenizer_path, device=cfg.device)
+    vocab = tokenizer.padded_vocab_size(cfg.make_vocab_size_divisible_by, 1)
+    model = load_generation_model(cfg, vocab)
     return tokenizer, model
 
 
@@ -314,15 +321,16 @@ def main(argv: Optional[List[str]] = None) -> int:
               "checkpoint first: python -m arch.change_mp SRC DST --model-parallel-size 1", file=sys.stderr)
         return 2
     try:
-        tokenizer, model = setup(args, argv if argv is not None else sys.argv[1:])
+        cfg = load_config(args, argv if argv is not None else sys.argv[1:])
+        tokenizer, model = setup(cfg)
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"generate_samples.py: error: {exc}", file=sys.stderr)
         return 1
-    generator = Generator(args, tokenizer, model)
+    generator = Generator(cfg, tokenizer, model)
     failures = 0
-    for number, line in iterate_lines(args):
+    for number, line in iterate_lines(cfg):
         try:
-            query = split_line(line, number, args.generation_task, args.with_id)
+            query = split_line(line, number, cfg.task, cfg.with_id)
             generator.run(query)
         except (QueryError, ValueError, KeyError, OSError, CheckpointError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

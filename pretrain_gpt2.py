@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional
 
 import torch
 import torch.distributed as dist
 
-from arch import CheckpointError, GPT2Model, model_kwargs_from_args, mpu
+from arch import CheckpointError, GPT2Config, GPT2Model, mpu
 from arguments import get_args
 from learning_rates import get_learning_rate_scheduler
 from training.backends import make_backend
@@ -31,9 +31,8 @@ def get_model(args) -> GPT2Model:
 
     Training never feeds memories, so the model is built without them.
     """
-    kwargs = model_kwargs_from_args(args, args.vocab_size)
-    kwargs["max_memory_length"] = 0
-    return GPT2Model(**kwargs)
+    config = replace(GPT2Config.from_args(args, args.vocab_size), max_memory_length=0)
+    return GPT2Model.from_config(config)
 
 
 def init_position_table(model: GPT2Model, tokenizer, args) -> None:

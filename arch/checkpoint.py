@@ -27,7 +27,6 @@ from common.fileio import remove_stale_temps, torch_save_atomic, write_text_atom
 
 from .mpu.layers import strided_rows
 
-_atomic_torch_save = torch_save_atomic  # the name arch/export_release.py imports from here
 
 TRACKER_FILENAME = "latest_checkpointed_iteration.txt"
 DEEPSPEED_TAG_FILENAME = "latest"

@@ -5,12 +5,14 @@ original ``model/gpt2_modeling.py``, so released checkpoints load strictly.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
 from . import mpu
+from .config import GPT2Config
 from .kv_cache import KVCache
 from .transformer import GPT2ParallelTransformer, init_method_normal
 
@@ -36,6 +38,11 @@ class GPT2Model(nn.Module):
             checkpoint_activations, checkpoint_num_layers, query_window=query_window,
             key_window_times=key_window_times, num_pivot=num_pivot,
             pb_relax_alpha=pb_relax_alpha if pb_relax_attention else None)
+
+    @classmethod
+    def from_config(cls, config: GPT2Config) -> "GPT2Model":
+        """The model ``config`` describes (same parameters as the keyword constructor)."""
+        return cls(**dataclasses.asdict(config))
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask,
                 txt_indices_bool: Optional[torch.Tensor] = None,
@@ -68,19 +75,6 @@ class GPT2Model(nn.Module):
     def new_kv_cache(self, capacity: int = 0) -> KVCache:
         """An empty cache with this model's memory window, room for ``capacity`` positions."""
         return KVCache(self.num_layers, self.max_memory_length, capacity)
-
-
-def model_kwargs_from_args(args, vocab_size: int) -> dict:
-    """GPT2Model constructor arguments from the command line, as pretrain_gpt2.get_model builds them."""
-    return dict(num_layers=args.num_layers, vocab_size=vocab_size, hidden_size=args.hidden_size,
-                num_attention_heads=args.num_attention_heads, embedding_dropout_prob=args.hidden_dropout,
-                attention_dropout_prob=args.attention_dropout, output_dropout_prob=args.hidden_dropout,
-                max_sequence_length=args.max_position_embeddings, max_memory_length=args.max_memory_length,
-                checkpoint_activations=args.checkpoint_activations,
-                checkpoint_num_layers=args.checkpoint_num_layers, parallel_output=True,
-                query_window=args.query_window, key_window_times=args.key_window_times,
-                num_pivot=args.num_pivot, pb_relax_attention=getattr(args, "pb_relax_attention", False),
-                pb_relax_alpha=getattr(args, "pb_relax_alpha", 32.0))
 
 
 def gpt2_get_params_for_weight_decay_optimization(module: nn.Module):

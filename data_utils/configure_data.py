@@ -77,9 +77,9 @@ def get_split(args) -> List[float]:
     if total < 1.0:
         splits.append(1.0 - total)
     splits = (splits + [0.0, 0.0])[:3]
-    if getattr(args, "valid_data", None) is not None:
+    if args.valid_data is not None:
         splits[1] = 0.0
-    if getattr(args, "test_data", None) is not None:
+    if args.test_data is not None:
         splits[2] = 0.0
     final = sum(splits)
     if final <= 0:
@@ -152,9 +152,8 @@ def make_data_loader(dataset: Dataset, batch_size: int, args, rank: int = 0,
     sampler = DistributedBatchSampler(
         SequentialSampler(dataset), batch_size, drop_last=world_size > 1, rank=rank,
         world_size=world_size, start_iter=start_iter,
-        gradient_accumulation_steps=getattr(args, "gradient_accumulation_steps", None))
-    return DataLoader(dataset, batch_sampler=sampler,
-                      num_workers=int(getattr(args, "num_workers", 0) or 0),
+        gradient_accumulation_steps=args.gradient_accumulation_steps)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers,
                       pin_memory=torch.cuda.is_available())
 
 
@@ -173,7 +172,7 @@ def make_loaders(args, tokenizer=None, rank: Optional[int] = None,
         rank, world_size = _data_parallel()
     batch_size = args.batch_size * world_size
     eval_batch_size = batch_size
-    if getattr(args, "eval_batch_size", None) is not None:
+    if args.eval_batch_size is not None:
         eval_batch_size = args.eval_batch_size * world_size
     eval_batch_size = eval_batch_size or batch_size
     split = get_split(args)
@@ -183,9 +182,9 @@ def make_loaders(args, tokenizer=None, rank: Optional[int] = None,
         train = make_dataset(args.dataset_type, args.train_data, split, args, tokenizer)
         if should_split(split):
             train, valid, test = train
-    if valid is None and getattr(args, "valid_data", None):
+    if valid is None and args.valid_data:
         valid = make_dataset(args.dataset_type, args.valid_data, None, args, tokenizer)
-    if test is None and getattr(args, "test_data", None):
+    if test is None and args.test_data:
         test = make_dataset(args.dataset_type, args.test_data, None, args, tokenizer)
 
     args.do_train = train is not None and args.batch_size > 0
@@ -206,7 +205,7 @@ def resume_loader(loader: DataLoader, iteration: int) -> None:
 def detect_new_datasets(args, tokenizer=None):
     """New ``*lmdb`` / ``*bin`` entries in --new-dataset-path: add them to --train-data and
     return fresh loaders, else None."""
-    folder = getattr(args, "new_dataset_path", None)
+    folder = args.new_dataset_path
     if folder is None:
         return None
     if not os.path.isdir(folder):

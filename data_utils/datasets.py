@@ -119,6 +119,8 @@ class BinaryDataset(Dataset):
 
 def uses_roi2_positions(args) -> bool:
     """--finetune (or --roi2-positions) with a finetune length above the position table."""
+    # readers of preprocessed rows pass a namespace holding max_position_embeddings alone
+    # (tests/test_preprocess.py): the finetune flags then count as not given
     finetune_ml = getattr(args, "max_position_embeddings_finetune", -1)
     wanted = getattr(args, "finetune", False) or getattr(args, "roi2_positions", False)
     return bool(wanted and finetune_ml is not None and finetune_ml > int(args.max_position_embeddings))

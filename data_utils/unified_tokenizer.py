@@ -249,11 +249,8 @@ def get_tokenizer(args=None) -> UnifiedTokenizer:
         if args is None:
             raise RuntimeError("no tokenizer yet: call get_tokenizer(args) or set_tokenizer() "
                                "before using templates/datasets without an explicit tokenizer")
-        _TOKENIZER = UnifiedTokenizer(
-            getattr(args, "img_tokenizer_path", None),
-            txt_tokenizer_path=getattr(args, "txt_tokenizer_path", None),
-            device=getattr(args, "device", "cpu") or "cpu",
-            img_tokenizer_num_tokens=getattr(args, "img_tokenizer_num_tokens", None))
+        _TOKENIZER = UnifiedTokenizer(args.img_tokenizer_path, txt_tokenizer_path=args.txt_tokenizer_path,
+                                      device=args.device, img_tokenizer_num_tokens=args.img_tokenizer_num_tokens)
     return _TOKENIZER
 
 

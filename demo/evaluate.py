@@ -109,12 +109,12 @@ class Demo:
 
     def __init__(self, load: str, extra: Sequence[str] = ()):
         from arguments import get_args
-        from generate_samples import Generator, setup
+        from generate_samples import Generator, load_config, setup
 
         argv = ["--load", load, "--device", "cpu", "--input-source", "interactive", *extra]
-        args = get_args(argv)
-        tokenizer, model = setup(args, argv)
-        self.gen = Generator(args, tokenizer, model)
+        cfg = load_config(get_args(argv), argv)
+        tokenizer, model = setup(cfg)
+        self.gen = Generator(cfg, tokenizer, model)
         self.tok = tokenizer
 
     def encode(self, image: Image.Image) -> List[int]:
@@ -169,16 +169,13 @@ def evaluate(args) -> dict:
     demo = Demo(args.model, ["--temperature", str(args.temperature), "--top_k", str(args.top_k),
                              "--seed", str(args.seed), "--max-inference-batch-size", "8"])
     # --guidance-scale per task: the checkpoint's model_config.json values unless --guidance overrides
-    scales = dict(getattr(demo.gen.args, "task_guidance_scale", {}))
-    scales.update(dict(args.guidance))
-    demo.gen.args.task_guidance_scale = scales
+    scales = {**demo.gen.cfg.guidance_scale, **dict(args.guidance)}
     results["guidance_scale"] = {task: scales.get(task, 0.0) for task in ("text2image", "image2text")}
-    top_k = dict(getattr(demo.gen.args, "task_guidance_top_k", {}))
-    top_k.update(dict(getattr(args, "guidance_top_k", [])))
-    demo.gen.args.task_guidance_top_k = top_k
+    top_k = {**demo.gen.cfg.guidance_top_k, **dict(args.guidance_top_k)}
     results["guidance_top_k"] = {task: top_k.get(task, 0) for task in ("text2image", "image2text")}
-    if getattr(args, "caption_rerank_weight", None) is not None:
-        demo.gen.args.caption_rerank_weight = args.caption_rerank_weight
+    weight = demo.gen.cfg.caption_rerank_weight if args.caption_rerank_weight is None else args.caption_rerank_weight
+    demo.gen.cfg = dataclasses.replace(demo.gen.cfg, guidance_scale=scales, guidance_top_k=top_k,
+                                       caption_rerank_weight=weight)
     results["caption_rerank_weight"] = demo.gen.caption_rerank_weight()
 
     results["vqvae_ceiling"] = _vqvae_ceiling(demo, scenes)
@@ -230,7 +227,7 @@ def evaluate(args) -> dict:
 def _vqvae_ceiling(demo: Demo, scenes: Dict[str, List[Scene]]) -> dict:
     """The checker on VQ-VAE reconstructions of the rendered scenes: the best a GPT drawing
     through these codes can score."""
-    size = demo.gen.args.img_size
+    size = demo.gen.cfg.img_size
     flags = defaultdict(list)
     for kind, group in scenes.items():
         for s in group:
@@ -256,7 +253,7 @@ def _image2text_rates(demo: Demo, scenes: Dict[str, List[Scene]], top_k: Optiona
                       sampled: bool) -> Tuple[dict, dict, List[str]]:
     """Caption rates of rendered scenes: the caption at ``top_k`` (scored), optionally one
     sampled like the images (reported beside it), and the first few examples."""
-    size = demo.gen.args.img_size
+    size = demo.gen.cfg.img_size
     flags, flags_sampled, examples = defaultdict(list), defaultdict(list), []
     for kind, group in scenes.items():
         for s in group:
@@ -273,7 +270,7 @@ def _image2text_rates(demo: Demo, scenes: Dict[str, List[Scene]], top_k: Optiona
 
 def _ranked_caption_rates(demo: Demo, scenes: Dict[str, List[Scene]], n: int) -> dict:
     """Caption rates of the best of ``n`` sampled captions as ``Generator.rank_captions`` ranks them."""
-    size = demo.gen.args.img_size
+    size = demo.gen.cfg.img_size
     flags = defaultdict(list)
     for kind, group in scenes.items():
         for s in group:
@@ -291,7 +288,7 @@ def evaluate_super_resolution(args, scenes: Dict[str, List[Scene]]) -> dict:
     from generation.magnify import magnify, sr_window
     sr = Demo(args.sr_model, ["--temperature", "1.0", "--top_k", str(args.top_k), "--seed", str(args.seed)])
     t = sr.tok
-    size = sr.gen.args.img_size
+    size = sr.gen.cfg.img_size
     ps_sr, ps_bic, ps_bic_codes, ps_vq, secs = [], [], [], [], 0.0
     group = (scenes["one"][:args.sr_images // 2] + scenes["two"][:args.sr_images - args.sr_images // 2])
     for i, s in enumerate(group):
@@ -443,7 +440,7 @@ def write_picture(model: str, prompts_file: str, out: str, per_prompt: int = 4, 
     demo = Demo(model, ["--seed", str(seed), "--max-inference-batch-size", str(per_prompt)])
     rows = [np.concatenate(demo.text2image(p, per_prompt), axis=1) for p in prompts]
     grid = np.concatenate(rows, axis=0)
-    scale = max(1, 128 // demo.gen.args.img_size)  # small images shown enlarged, pixels kept
+    scale = max(1, 128 // demo.gen.cfg.img_size)  # small images shown enlarged, pixels kept
     grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     tmp = out + ".tmp.png"
     Image.fromarray(grid).save(tmp)

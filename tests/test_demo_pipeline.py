@@ -175,15 +175,16 @@ def test_export_release(tmp_path, demo_tokenizer):
     assert config["guidance_scale"] == {"image2text": 0.5} and config["caption_rerank"] is True
     assert config["caption_rerank_weight"] == 1.5 and config["guidance_top_k"] == {"text2image": 2}
     # the exported folder drives generation without shape flags
-    from arguments import get_args
-    from generation.model_setup import apply_checkpoint_config
-    args = get_args(["--load", dst])
-    apply_checkpoint_config(args, ["--load", dst])
-    assert args.num_layers == 2 and args.hidden_size == 32 and args.task_guidance_scale == {"image2text": 0.5}
+    from arguments import explicit_dests, get_args
+    from generation.config import GenerationConfig
+
+    def generation_config(*argv):
+        return GenerationConfig.from_args(get_args(list(argv)), explicit_dests(argv))
+    args = generation_config("--load", dst)
+    assert args.num_layers == 2 and args.hidden_size == 32 and args.guidance("image2text")[0] == 0.5
     assert args.caption_rerank is True and args.caption_rerank_weight == 1.5
-    assert args.task_guidance_top_k == {"text2image": 2}
-    given = get_args(["--load", dst, "--caption-rerank-weight", "0"])  # a flag wins over the config
-    apply_checkpoint_config(given, ["--load", dst, "--caption-rerank-weight", "0"])
+    assert args.guidance("text2image") == (0.0, 2) and args.guidance("image2text") == (0.5, 0)
+    given = generation_config("--load", dst, "--caption-rerank-weight", "0")  # a flag wins over the config
     assert given.caption_rerank_weight == 0
     bad_scale = subprocess.run([sys.executable, "-m", "training.export_release", "gpt", ckpt, str(tmp_path / "out"),
                                 "--guidance-scale", "captions=1"], cwd=ROOT, capture_output=True, text=True)

@@ -108,8 +108,9 @@ def test_caption_rerank_weight_adds_the_caption_likelihood(assets, tmp_path, cap
     # recompute both terms row by row with the same model and query
     argv = ["--load", assets["ckpt"], "--device", "cpu"]
     args = generate_samples.get_args(argv)
-    tok, model = generate_samples.setup(args, argv)
-    gen = generate_samples.Generator(args, tok, model)
+    cfg = generate_samples.load_config(args, argv)
+    tok, model = generate_samples.setup(cfg)
+    gen = generate_samples.Generator(cfg, tok, model)
     ids = gen.parse(task_template("image2text", gen.grid).format(assets["images"][0]))
     codes = ids[ids.index(tok["[BOI1]"]) + 1:ids.index(tok["[EOI1]"])]
     for caption, score in zip(ranked, scores):

@@ -160,12 +160,11 @@ def test_checkpoint_layout_loads_like_generate_samples(trained):
     for key, value in load_checkpoint_state(run_dir).items():  # and ours
         assert torch.equal(value, module.state_dict()[key])
     # generation reads the model shape from the config written beside the checkpoint
-    from types import SimpleNamespace
-
-    from generation.model_setup import apply_checkpoint_config
-    args = SimpleNamespace(load=run_dir, num_layers=24, hidden_size=1024, num_attention_heads=16,
-                           max_position_embeddings=512)
-    assert apply_checkpoint_config(args, []) is not None
+    from arguments import explicit_dests, get_args
+    from generation.config import GenerationConfig
+    argv = ["--load", run_dir, "--device", "cpu"]
+    args = GenerationConfig.from_args(get_args(argv), explicit_dests(argv))
+    assert args.model_config_path is not None
     assert (args.num_layers, args.hidden_size, args.num_attention_heads, args.max_position_embeddings) == (2, 32, 4, 33)
 
 

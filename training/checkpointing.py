@@ -28,8 +28,8 @@ from arch.checkpoint import (
     resolve_checkpoint_file,
     save_checkpoint,
 )
+from arch.model_config import FLAG_KEYS, MODEL_CONFIG_FILENAME, PATH_KEYS, write_model_config
 from common.fileio import remove_stale_temps, write_text_atomic
-from generation.model_setup import MODEL_CONFIG_FILENAME, write_model_config
 
 # flags that fix the shapes of the model's tensors (and how the files are split)
 MODEL_SHAPE_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "vocab_size",
@@ -42,16 +42,33 @@ def _print0(message: str) -> None:
 
 
 def model_shape_args(args) -> dict:
+    """The MODEL_SHAPE_FLAGS values, stored in each checkpoint to name a mismatch on loading."""
     return {name: int(getattr(args, name)) for name in MODEL_SHAPE_FLAGS}
+
+
+def model_config_from_args(folder: str, args) -> dict:
+    """What model_config.json records for a checkpoint saved in ``folder``: the flags
+    generation needs to rebuild the model and its tokenizers, and how positions run after
+    [ROI2].  Tokenizer paths are stored relative to ``folder``, so the folder can be moved
+    together with its tokenizers."""
+    from data_utils.datasets import uses_roi2_positions
+
+    flags = vars(args)
+    config = {key: flags[key] for key in FLAG_KEYS}
+    for key in PATH_KEYS:
+        if config[key]:
+            config[key] = os.path.relpath(os.path.abspath(config[key]), os.path.abspath(folder))
+    config["roi2_position_restart"] = uses_roi2_positions(args)
+    return config
 
 
 def check_model_shape_args(stored: Optional[dict], args, source: str) -> None:
     """One-line CheckpointError naming the first flag that differs from the checkpoint's."""
     if not stored:
         return
-    for name, value in stored.items():
-        current = getattr(args, name, None)
-        if current is not None and int(current) != int(value):
+    for name in (n for n in MODEL_SHAPE_FLAGS if n in stored):  # other keys are not flags
+        value, current = stored[name], getattr(args, name)
+        if int(current) != int(value):
             flag = "--" + name.replace("_", "-")
             hint = {"vocab_size": " (the padded tokenizer size: check --img-tokenizer-num-tokens, "
                                   "--txt-tokenizer-path, --make-vocab-size-divisible-by)",
@@ -136,7 +153,7 @@ def save_training_checkpoint(save_dir: str, iteration: int, backend, scheduler, 
     if not dist.is_initialized() or dist.get_rank() == 0:
         for name in (MODEL_CONFIG_FILENAME, TRACKER_FILENAME):  # temporaries of a save killed mid-write
             remove_stale_temps(save_dir, name)
-        write_model_config(save_dir, args)  # lets generate_samples.py run without shape flags
+        write_model_config(save_dir, model_config_from_args(save_dir, args))  # generation needs no shape flags
         write_text_atomic(os.path.join(save_dir, TRACKER_FILENAME), str(iteration))
     _barrier()
 
@@ -177,7 +194,7 @@ def load_training_checkpoint(load_dir: str, backend, scheduler, args) -> Tuple[i
     file = resolve_checkpoint_file(load_dir, mp_rank)
     ckpt = load_full_checkpoint(load_dir, trust=args.trust_checkpoint, mp_rank=mp_rank)
     weights_only = release or args.finetune
-    new_table = (weights_only and getattr(args, "magnify_position_init", False)
+    new_table = (weights_only and args.magnify_position_init
                  and _drop_other_position_table(ckpt, backend.module, file))
     check_model_shape_args(ckpt.get("model_args"), args, file)
     if backend.name == "deepspeed":

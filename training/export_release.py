@@ -25,18 +25,17 @@ Every file is written atomically.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from arch.checkpoint import (CheckpointError, StateDict, _atomic_torch_save, load_checkpoint_state, read_tracker,
-                         save_checkpoint, write_text_atomic)
+from arch.checkpoint import CheckpointError, StateDict, load_checkpoint_state, read_tracker, save_checkpoint
+from arch.model_config import model_config_path, read_model_config, write_model_config
+from common.dtypes import DTYPES
+from common.fileio import torch_save_atomic
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-CONFIG = "model_config.json"
 
 
 def export_gpt(src: str, dst: str, dtype: str = "float16", img_tokenizer_path: Optional[str] = None,
@@ -51,11 +50,9 @@ def export_gpt(src: str, dst: str, dtype: str = "float16", img_tokenizer_path: O
     if average:
         state = average_states([state] + [load_checkpoint_state(o) for o in average], [src, *average])
     cast = {k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
-    config_path = os.path.join(src, CONFIG)
-    if not os.path.isfile(config_path):
-        raise CheckpointError(f"{config_path}: missing; export needs the model shape recorded by training")
-    with open(config_path) as f:
-        config = json.load(f)
+    config = read_model_config(src)
+    if config is None:
+        raise CheckpointError(f"{model_config_path(src)}: missing; export needs the model shape recorded by training")
     os.makedirs(dst, exist_ok=True)
     for key, given in (("img_tokenizer_path", img_tokenizer_path), ("txt_tokenizer_path", txt_tokenizer_path)):
         value = given
@@ -74,7 +71,7 @@ def export_gpt(src: str, dst: str, dtype: str = "float16", img_tokenizer_path: O
     if caption_rerank_weight is not None:
         config["caption_rerank_weight"] = caption_rerank_weight
     file = save_checkpoint(dst, tag, cast)
-    write_text_atomic(os.path.join(dst, CONFIG), json.dumps(config, indent=1) + "\n")
+    write_model_config(dst, config)
     return file
 
 
@@ -108,7 +105,7 @@ def export_vqvae(src: str, dst: str) -> str:
     if config is None:
         raise CheckpointError(f"{src}: no stored config (not a vqvae.train checkpoint)")
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    _atomic_torch_save({"model": sd, "config": config}, dst)
+    torch_save_atomic({"model": sd, "config": config}, dst)
     return dst
 
 
