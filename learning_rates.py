@@ -12,6 +12,7 @@ or constant.  Two values are changed on purpose:
 Everywhere else the values equal the original's (checked against
 ``../shared/fixtures/original/misc/lr_schedule.json``).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,11 +26,18 @@ class AnnealingLR:
 
     DECAY_STYLES = DECAY_STYLES
 
-    def __init__(self, optimizer, start_lr: float, warmup_iter: float, num_iters: int,
-                 decay_style: Optional[str] = None, last_iter: int = -1, decay_ratio: float = 0.5):
+    def __init__(
+        self,
+        optimizer,
+        start_lr: float,
+        warmup_iter: float,
+        num_iters: int,
+        decay_style: Optional[str] = None,
+        last_iter: int = -1,
+        decay_ratio: float = 0.5,
+    ):
         if decay_style is not None and decay_style.lower() not in DECAY_STYLES:
-            raise ValueError(f"unknown lr decay style {decay_style!r}; choose one of "
-                             f"{', '.join(DECAY_STYLES)}")
+            raise ValueError(f"unknown lr decay style {decay_style!r}; choose one of {', '.join(DECAY_STYLES)}")
         if decay_ratio <= 0:
             raise ValueError(f"--lr-decay-ratio must be > 0, got {decay_ratio}")
         self.optimizer = optimizer
@@ -65,9 +73,13 @@ class AnnealingLR:
             group["lr"] = new_lr
 
     def state_dict(self) -> dict:
-        return {"warmup_iter": self.warmup_iter, "num_iters": self.num_iters,
-                "decay_style": self.decay_style, "end_iter": self.end_iter,
-                "decay_ratio": self.decay_ratio}
+        return {
+            "warmup_iter": self.warmup_iter,
+            "num_iters": self.num_iters,
+            "decay_style": self.decay_style,
+            "end_iter": self.end_iter,
+            "decay_ratio": self.decay_ratio,
+        }
 
     def load_state_dict(self, sd: dict) -> None:
         """Restore the position; start_lr and end_iter keep the values of the command line."""
@@ -82,6 +94,12 @@ def get_learning_rate_scheduler(optimizer, args) -> AnnealingLR:
     """AnnealingLR from --lr, --warmup, --lr-decay-iters/--train-iters, --lr-decay-style."""
     num_iters = args.lr_decay_iters if args.lr_decay_iters is not None else args.train_iters
     num_iters = max(1, num_iters)
-    return AnnealingLR(optimizer, start_lr=args.lr, warmup_iter=args.warmup * num_iters,
-                       num_iters=num_iters, decay_style=args.lr_decay_style, last_iter=-1,
-                       decay_ratio=args.lr_decay_ratio)
+    return AnnealingLR(
+        optimizer,
+        start_lr=args.lr,
+        warmup_iter=args.warmup * num_iters,
+        num_iters=num_iters,
+        decay_style=args.lr_decay_style,
+        last_iter=-1,
+        decay_ratio=args.lr_decay_ratio,
+    )

@@ -5,18 +5,18 @@ One loop, three back ends: a single process (CPU or GPU), torch DDP when launche
 with torchrun / several processes, and DeepSpeed with ``--deepspeed
 --deepspeed_config <json>``.  See docs/training.md for commands.
 """
+
 from __future__ import annotations
 
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import List, Optional
 
-import torch
 import torch.distributed as dist
 
-from arch import CheckpointError, GPT2Config, GPT2Model, mpu
+from arch import CheckpointError, mpu
 from arguments import get_args
 from learning_rates import get_learning_rate_scheduler
 from training.backends import make_backend
@@ -24,31 +24,9 @@ from training.checkpointing import load_training_checkpoint, save_training_check
 from training.distributed import init_distributed, set_random_seed, setup_device
 from training.logging import TrainLogger
 from training.loop import BatchStream, Trainer, TrainState
+from training.model import get_model, init_position_table
 
-
-def get_model(args) -> GPT2Model:
-    """GPT2Model as the original builds it (positions = --max-position-embeddings).
-
-    Training never feeds memories, so the model is built without them.
-    """
-    config = replace(GPT2Config.from_args(args, args.vocab_size), max_memory_length=0)
-    return GPT2Model.from_config(config)
-
-
-def init_position_table(model: GPT2Model, tokenizer, args) -> None:
-    """--magnify-position-init: aligned rows for the low-res window and high-res block codes
-    (arch/magnify_positions.py); the same table for every seed (generator seed 0). Loading a
-    checkpoint afterwards replaces it, except a --finetune one whose table has another size."""
-    from arch.magnify_positions import init_magnify_positions
-    from data_utils.datasets import uses_roi2_positions
-    from generation.magnify import sr_window
-    if uses_roi2_positions(args):
-        raise ValueError("--magnify-position-init needs positions that count on through the row: "
-                         "drop --roi2-positions/--max-position-embeddings-finetune and give "
-                         "--max-position-embeddings the whole row length")
-    window, _ = sr_window(tokenizer.code_grid_side(args.img_size))
-    table = model.transformer.position_embeddings.weight
-    init_magnify_positions(table.data, args.sr_text_length, window, generator=torch.Generator().manual_seed(0))
+__all__ = ["get_model", "init_position_table", "run", "main"]
 
 
 def set_experiment_name(args) -> None:
@@ -117,10 +95,12 @@ def run(argv: Optional[List[str]] = None) -> TrainResult:
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     logger = TrainLogger(args, rank0, state.iteration)
     params = sum(p.numel() for p in backend.module.parameters())
-    logger.print(f" experiment {args.experiment_name}: {params} parameters per model-parallel rank, "
-                 f"back end {backend.name}, device {device}, dtype {str(backend.dtype).replace('torch.', '')}, "
-                 f"world size {args.world_size}, model-parallel size {mpu.get_model_parallel_world_size()}, "
-                 f"starting at iteration {state.iteration}")
+    logger.print(
+        f" experiment {args.experiment_name}: {params} parameters per model-parallel rank, "
+        f"back end {backend.name}, device {device}, dtype {str(backend.dtype).replace('torch.', '')}, "
+        f"world size {args.world_size}, model-parallel size {mpu.get_model_parallel_world_size()}, "
+        f"starting at iteration {state.iteration}"
+    )
 
     def save(iteration: int, data_position: int, skipped: int) -> None:
         save_training_checkpoint(args.save, iteration, backend, scheduler, args, data_position, skipped)

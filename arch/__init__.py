@@ -2,8 +2,15 @@
 
 Importing this package never imports DeepSpeed and needs no GPU.
 """
-from .checkpoint import (CheckpointError, load_checkpoint_state, merge_model_parallel_states,
-                         read_tracker, save_checkpoint, split_model_parallel_state)
+
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint_state,
+    merge_model_parallel_states,
+    read_tracker,
+    save_checkpoint,
+    split_model_parallel_state,
+)
 from .config import GPT2Config
 from .kv_cache import KVCache
 from .model import GPT2Model, gpt2_get_params_for_weight_decay_optimization

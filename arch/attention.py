@@ -4,6 +4,7 @@ PB-relax variant, and CogView's sparse pivot + window attention.
 All take q [b, n, sq, d] and k, v [b, n, sk, d] (the last sq keys belong to
 the queries) and return the context [b, n, sq, d].
 """
+
 from __future__ import annotations
 
 import math
@@ -15,18 +16,29 @@ import torch.nn.functional as F
 from .masks import MASK_VALUE, AttentionMask
 
 
-def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask,
-                    dropout_p: float = 0.0, pb_relax_alpha: Optional[float] = None) -> torch.Tensor:
+def dense_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: AttentionMask,
+    dropout_p: float = 0.0,
+    pb_relax_alpha: Optional[float] = None,
+) -> torch.Tensor:
     """Softmax attention; SDPA unless the PB-relax form is asked for."""
     if pb_relax_alpha is None:
         attn_mask, is_causal = mask.sdpa_args(q.device, q.dtype)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
-                                              is_causal=is_causal)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)
     return explicit_attention(q, k, v, mask.dense(q.device, q.dtype), dropout_p, pb_relax_alpha)
 
 
-def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask01: torch.Tensor,
-                       dropout_p: float = 0.0, pb_relax_alpha: Optional[float] = None) -> torch.Tensor:
+def explicit_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask01: torch.Tensor,
+    dropout_p: float = 0.0,
+    pb_relax_alpha: Optional[float] = None,
+) -> torch.Tensor:
     """The original's formula: scores*mask - 10000*(1-mask), softmax, dropout.
 
     With ``pb_relax_alpha`` the scores are computed as in the paper's PB-relax:
@@ -50,8 +62,9 @@ def _gather_keys(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(2, index[:, None, :, None].expand(b, n, index.size(1), d))
 
 
-def sample_training_pivots(txt_indices_bool: torch.Tensor, img_indices_bool: torch.Tensor,
-                           num_pivot: int) -> torch.Tensor:
+def sample_training_pivots(
+    txt_indices_bool: torch.Tensor, img_indices_bool: torch.Tensor, num_pivot: int
+) -> torch.Tensor:
     """Pivot positions [b, num_pivot] per row: every text position plus random image ones.
 
     Text positions beyond ``num_pivot`` are dropped from the end; image
@@ -63,21 +76,26 @@ def sample_training_pivots(txt_indices_bool: torch.Tensor, img_indices_bool: tor
     noise = torch.rand(b, s, device=txt_indices_bool.device)
     # text first (key 2 + position order), then random image positions, then the rest
     order = torch.arange(s, 0, -1, device=noise.device, dtype=noise.dtype) / (s + 1)
-    key = torch.where(txt_indices_bool, 2.0 + order,
-                      torch.where(img_indices_bool, noise, noise - 2.0))
+    key = torch.where(txt_indices_bool, 2.0 + order, torch.where(img_indices_bool, noise, noise - 2.0))
     return key.topk(num_pivot, dim=1).indices.sort(dim=1).values
 
 
-def sparse_attention_train(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pivot_idx: torch.Tensor,
-                           query_window: int, key_window_times: int, dropout_p: float = 0.0) -> torch.Tensor:
+def sparse_attention_train(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pivot_idx: torch.Tensor,
+    query_window: int,
+    key_window_times: int,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
     """is_sparse=1: each block of ``query_window`` queries sees its own and the
     previous key_window_times-1 blocks causally, plus the pivots strictly before
     that window, each pivot scored with + log(s // num_pivot)."""
     b, n, s, d = q.shape
     w, t = query_window, key_window_times
     if s % w != 0:
-        raise ValueError(f"sparse training needs the sequence length ({s}) divisible by "
-                         f"--query-window ({w})")
+        raise ValueError(f"sparse training needs the sequence length ({s}) divisible by --query-window ({w})")
     nb, n_piv = s // w, pivot_idx.size(1)
     q = q / math.sqrt(d)
     # pivot part
@@ -106,8 +124,7 @@ def sparse_attention_train(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pi
     return context
 
 
-def sample_inference_pivots(txt_indices_bool: torch.Tensor, boundary: int, num_pivot: int,
-                            max_sequence_length: int):
+def sample_inference_pivots(txt_indices_bool: torch.Tensor, boundary: int, num_pivot: int, max_sequence_length: int):
     """Pivots before ``boundary`` for is_sparse=2: text positions + random image ones.
 
     Returns (index [b, m], valid [b, m]); m = most text tokens in a row +
@@ -126,10 +143,16 @@ def sample_inference_pivots(txt_indices_bool: torch.Tensor, boundary: int, num_p
     return index, torch.ones_like(index, dtype=torch.bool)
 
 
-def sparse_attention_inference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                               txt_indices_bool: torch.Tensor, query_window: int,
-                               key_window_times: int, num_pivot: int,
-                               max_sequence_length: int) -> torch.Tensor:
+def sparse_attention_inference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    txt_indices_bool: torch.Tensor,
+    query_window: int,
+    key_window_times: int,
+    num_pivot: int,
+    max_sequence_length: int,
+) -> torch.Tensor:
     """is_sparse=2: the last query_window*key_window_times keys plus pivots before them.
 
     ``txt_indices_bool`` covers all sk key positions.  Every key is also masked
@@ -139,8 +162,7 @@ def sparse_attention_inference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     b, n, sq, d = q.shape
     sk = k.size(2)
     boundary = max(0, sk - key_window_times * query_window)
-    pivots, _ = sample_inference_pivots(txt_indices_bool.to(q.device), boundary, num_pivot,
-                                        max_sequence_length)
+    pivots, _ = sample_inference_pivots(txt_indices_bool.to(q.device), boundary, num_pivot, max_sequence_length)
     window = torch.arange(boundary, sk, device=q.device).expand(b, -1)
     index = torch.cat([pivots, window], dim=1)  # [b, m]
     keys, values = _gather_keys(k, index), _gather_keys(v, index)

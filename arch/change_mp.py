@@ -8,6 +8,7 @@ the same iteration split into N ranks (N=1 merges).  Only the model weights
 (``module``) and the iteration are carried over: optimizer shards are tied to
 the old split.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,9 +16,15 @@ import os
 import sys
 from typing import List
 
-from .checkpoint import (CheckpointError, load_checkpoint_state, merge_model_parallel_states,
-                         model_states_filename, read_tracker, save_checkpoint,
-                         split_model_parallel_state)
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint_state,
+    merge_model_parallel_states,
+    model_states_filename,
+    read_tracker,
+    save_checkpoint,
+    split_model_parallel_state,
+)
 
 
 def load_all_ranks(src: str, trust: bool = False) -> List[dict]:
@@ -49,8 +56,11 @@ def main(argv=None) -> int:
     parser.add_argument("src", help="checkpoint folder to read")
     parser.add_argument("dst", help="checkpoint folder to write")
     parser.add_argument("--model-parallel-size", type=int, required=True)
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="allow full unpickling (DeepSpeed RNG entries); trusted files only")
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow full unpickling (DeepSpeed RNG entries); trusted files only",
+    )
     args = parser.parse_args(argv)
     try:
         change_model_parallel_size(args.src, args.dst, args.model_parallel_size, args.trust_checkpoint)

@@ -14,6 +14,7 @@ numpy/python RNG states, which that refuses; those need ``trust=True``
 Saving is atomic (common.fileio: temporary file, fsync, rename), and the tracker file is
 written last, so a crash leaves the previous checkpoint in force.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,6 @@ from torch import nn
 from common.fileio import remove_stale_temps, torch_save_atomic, write_text_atomic
 
 from .mpu.layers import strided_rows
-
 
 TRACKER_FILENAME = "latest_checkpointed_iteration.txt"
 DEEPSPEED_TAG_FILENAME = "latest"
@@ -52,8 +52,7 @@ def read_tracker(directory: str) -> Tuple[Optional[str], bool]:
             if text == "release":
                 return text, True
             if not text.isdigit():
-                raise CheckpointError(f"{path}: expected an iteration number or 'release', got "
-                                      f"{text[:40]!r}")
+                raise CheckpointError(f"{path}: expected an iteration number or 'release', got {text[:40]!r}")
             return text, False
     return None, False
 
@@ -70,15 +69,15 @@ def resolve_checkpoint_file(path: str, mp_rank: int = 0) -> str:
         return direct
     tag, release = read_tracker(path)
     if tag is None:
-        raise CheckpointError(f"{path}: no {TRACKER_FILENAME} (or 'latest') and no {name}: "
-                              "not a CogView checkpoint folder")
+        raise CheckpointError(
+            f"{path}: no {TRACKER_FILENAME} (or 'latest') and no {name}: not a CogView checkpoint folder"
+        )
     candidates = [tag, "0"] if release else [tag]
     for folder in candidates:
         file = os.path.join(path, folder, name)
         if os.path.isfile(file):
             return file
-    raise CheckpointError(f"{path}: the tracker names '{tag}' but {os.path.join(path, tag, name)} "
-                          "is missing")
+    raise CheckpointError(f"{path}: the tracker names '{tag}' but {os.path.join(path, tag, name)} is missing")
 
 
 def _torch_load(file: str, trust: bool):
@@ -89,18 +88,22 @@ def _torch_load(file: str, trust: bool):
             raise CheckpointError(
                 f"{file}: holds pickled Python objects beyond tensors (e.g. DeepSpeed's RNG "
                 "states), refused by the safe loader; if you trust this file, add "
-                "--trust-checkpoint (load_checkpoint_state(..., trust=True))") from None
+                "--trust-checkpoint (load_checkpoint_state(..., trust=True))"
+            ) from None
         first_error = exc
     except Exception as exc:  # noqa: BLE001 - whatever a broken file raises, report it in one line
         detail = str(exc).splitlines()[0] if str(exc) else ""
-        raise CheckpointError(f"{file}: not a readable checkpoint (truncated or corrupt?) "
-                              f"[{type(exc).__name__}{': ' + detail if detail else ''}]; "
-                              "point --load at a checkpoint folder or .pt file") from None
+        raise CheckpointError(
+            f"{file}: not a readable checkpoint (truncated or corrupt?) "
+            f"[{type(exc).__name__}{': ' + detail if detail else ''}]; "
+            "point --load at a checkpoint folder or .pt file"
+        ) from None
     try:
         return torch.load(file, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file here
-        raise CheckpointError(f"{file}: cannot be loaded ({exc}); safe loader said: "
-                              f"{str(first_error).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"{file}: cannot be loaded ({exc}); safe loader said: {str(first_error).splitlines()[0]}"
+        ) from None
 
 
 def extract_module_state(obj, source: str) -> StateDict:
@@ -110,15 +113,15 @@ def extract_module_state(obj, source: str) -> StateDict:
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
-        raise CheckpointError(f"{source}: no model state found (expected a 'module' entry or a "
-                              "state dict of tensors)")
+        raise CheckpointError(f"{source}: no model state found (expected a 'module' entry or a state dict of tensors)")
     if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj)
 
 
-def load_checkpoint_state(path: str, dtype: Optional[torch.dtype] = None, trust: bool = False,
-                          mp_rank: int = 0) -> StateDict:
+def load_checkpoint_state(
+    path: str, dtype: Optional[torch.dtype] = None, trust: bool = False, mp_rank: int = 0
+) -> StateDict:
     """Load the model state dict of a checkpoint folder or file (see module docstring).
 
     Floating tensors are cast to ``dtype`` when given (released files are fp16).
@@ -145,17 +148,22 @@ def check_state_dict(model: nn.Module, state: StateDict, source: str) -> None:
     expected = model.state_dict()
     for key, value in expected.items():
         if key not in state:
-            raise CheckpointError(f"{source}: key {key} {tuple(value.shape)} is missing from the "
-                                  "checkpoint; do --num-layers/--hidden-size match it?")
+            raise CheckpointError(
+                f"{source}: key {key} {tuple(value.shape)} is missing from the "
+                "checkpoint; do --num-layers/--hidden-size match it?"
+            )
         if tuple(state[key].shape) != tuple(value.shape):
-            raise CheckpointError(f"{source}: {key} has shape {tuple(state[key].shape)} in the "
-                                  f"checkpoint but {tuple(value.shape)} in the model built from the "
-                                  "flags (--num-layers, --hidden-size, --max-position-embeddings, "
-                                  "vocabulary)")
+            raise CheckpointError(
+                f"{source}: {key} has shape {tuple(state[key].shape)} in the "
+                f"checkpoint but {tuple(value.shape)} in the model built from the "
+                "flags (--num-layers, --hidden-size, --max-position-embeddings, "
+                "vocabulary)"
+            )
     for key, value in state.items():
         if key not in expected:
-            raise CheckpointError(f"{source}: unexpected key {key} {tuple(value.shape)} in the "
-                                  "checkpoint; do --num-layers etc. match it?")
+            raise CheckpointError(
+                f"{source}: unexpected key {key} {tuple(value.shape)} in the checkpoint; do --num-layers etc. match it?"
+            )
 
 
 def load_model_weights(model: nn.Module, path: str, trust: bool = False, mp_rank: int = 0) -> None:
@@ -166,8 +174,14 @@ def load_model_weights(model: nn.Module, path: str, trust: bool = False, mp_rank
     model.load_state_dict(state, strict=True)
 
 
-def save_checkpoint(save_dir: str, iteration, module_state: StateDict, extra: Optional[dict] = None,
-                    mp_rank: int = 0, write_tracker: bool = True) -> str:
+def save_checkpoint(
+    save_dir: str,
+    iteration,
+    module_state: StateDict,
+    extra: Optional[dict] = None,
+    mp_rank: int = 0,
+    write_tracker: bool = True,
+) -> str:
     """Write ``<save_dir>/<iteration>/mp_rank_XX_model_states.pt`` then the tracker file.
 
     ``extra`` entries (optimizer, lr_scheduler, RNG states...) go beside ``module``.
@@ -189,6 +203,7 @@ def save_checkpoint(save_dir: str, iteration, module_state: StateDict, extra: Op
 
 
 # ---------------------------------------------------------------- model parallel split / merge
+
 
 def _split_rule(key: str) -> Tuple[Optional[int], int]:
     """(dim to split or None if replicated, stride) for a GPT2Model key."""

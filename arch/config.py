@@ -3,6 +3,7 @@
 Field names are GPT2Model's keyword arguments, so ``GPT2Model.from_config(cfg)``
 and ``GPT2Model(**dataclasses.asdict(cfg))`` build the same model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,12 +55,22 @@ class GPT2Config:
     def from_args(cls, args: argparse.Namespace, vocab_size: int) -> "GPT2Config":
         """The model the command line asks for (arguments.get_parser's flags), as the
         original's pretrain_gpt2.get_model builds it; ``vocab_size`` is the padded tokenizer size."""
-        return cls(num_layers=args.num_layers, vocab_size=vocab_size, hidden_size=args.hidden_size,
-                   num_attention_heads=args.num_attention_heads, embedding_dropout_prob=args.hidden_dropout,
-                   attention_dropout_prob=args.attention_dropout, output_dropout_prob=args.hidden_dropout,
-                   max_sequence_length=args.max_position_embeddings, max_memory_length=args.max_memory_length,
-                   checkpoint_activations=args.checkpoint_activations,
-                   checkpoint_num_layers=args.checkpoint_num_layers, parallel_output=True,
-                   query_window=args.query_window, key_window_times=args.key_window_times,
-                   num_pivot=args.num_pivot, pb_relax_attention=args.pb_relax_attention,
-                   pb_relax_alpha=args.pb_relax_alpha)
+        return cls(
+            num_layers=args.num_layers,
+            vocab_size=vocab_size,
+            hidden_size=args.hidden_size,
+            num_attention_heads=args.num_attention_heads,
+            embedding_dropout_prob=args.hidden_dropout,
+            attention_dropout_prob=args.attention_dropout,
+            output_dropout_prob=args.hidden_dropout,
+            max_sequence_length=args.max_position_embeddings,
+            max_memory_length=args.max_memory_length,
+            checkpoint_activations=args.checkpoint_activations,
+            checkpoint_num_layers=args.checkpoint_num_layers,
+            parallel_output=True,
+            query_window=args.query_window,
+            key_window_times=args.key_window_times,
+            num_pivot=args.num_pivot,
+            pb_relax_attention=args.pb_relax_attention,
+            pb_relax_alpha=args.pb_relax_alpha,
+        )

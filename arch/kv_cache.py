@@ -8,6 +8,7 @@ instead of copying the whole cache (a torch.cat per step is quadratic in the
 sequence length).  It keeps the original's ``max_memory_length`` window (the
 last M positions) so both paths see the same context.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
@@ -72,8 +73,8 @@ class KVCache:
             return
         for i in range(self.num_layers):
             n, m = self._lengths[i], self.max_length
-            self._keys[i][:, :, :m] = self._keys[i][:, :, n - m:n].clone()
-            self._values[i][:, :, :m] = self._values[i][:, :, n - m:n].clone()
+            self._keys[i][:, :, :m] = self._keys[i][:, :, n - m : n].clone()
+            self._values[i][:, :, :m] = self._values[i][:, :, n - m : n].clone()
             self._lengths[i] = m
 
     def select(self, index: torch.Tensor) -> "KVCache":

@@ -6,6 +6,7 @@ this only matters through eps, but it keeps fp16 activations from overflowing
 inside the variance computation, and the original checkpoints were trained
 with it (leaving it out moves the fixture logits by ~8e-3).
 """
+
 from __future__ import annotations
 
 import torch

@@ -11,6 +11,7 @@ It needs positions that count on through the row (no restart at [ROI2]: the rest
 give the low-res codes and some high-res codes the same rows) and a caption padded to a
 fixed length (``--sr-text-length``), so the low-res codes sit at fixed positions.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,9 @@ def magnify_code_positions(text_length: int, window: int) -> Tuple[int, int, int
     """(first low-res code position, first high-res code position, row length) of a
     magnify row whose caption is padded to ``text_length`` tokens."""
     if text_length <= 0:
-        raise ValueError("aligned super-resolution positions need a fixed caption length: "
-                         "pass --sr-text-length (e.g. 20)")
+        raise ValueError(
+            "aligned super-resolution positions need a fixed caption length: pass --sr-text-length (e.g. 20)"
+        )
     low0 = 1 + text_length + 2  # [ROI1] text [size] [BOI1]
     high0 = low0 + window * window + MIDDLE_TOKENS
     return low0, high0, high0 + 4 * window * window + 1  # ... high block [EOI2]
@@ -45,17 +47,25 @@ def sinusoids(y: float, x: float, frequencies: int = 8, longest: float = 16.0, s
 
 
 @torch.no_grad()
-def init_magnify_positions(table: torch.Tensor, text_length: int, window: int, amplitude: float = 0.2,
-                           std: float = 0.02, generator: torch.Generator | None = None) -> torch.Tensor:
+def init_magnify_positions(
+    table: torch.Tensor,
+    text_length: int,
+    window: int,
+    amplitude: float = 0.2,
+    std: float = 0.02,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Overwrite ``table`` ([positions, hidden], in place; returned): every row N(0, std), then
     the low-res code rows get ``amplitude`` * sinusoids of their cell centre (i + 0.5, j + 0.5)
     and the high-res rows those of theirs in low-res cells ((r + 0.5) / 2, (c + 0.5) / 2) in
     the first 32 dimensions, plus one random vector per grid so the two stay apart."""
     low0, high0, length = magnify_code_positions(text_length, window)
     if table.size(0) < length:
-        raise ValueError(f"a magnify row with a {text_length}-token caption and {window}x{window} windows is "
-                         f"{length} tokens; the position table has {table.size(0)} rows "
-                         f"(--max-position-embeddings {length} or more)")
+        raise ValueError(
+            f"a magnify row with a {text_length}-token caption and {window}x{window} windows is "
+            f"{length} tokens; the position table has {table.size(0)} rows "
+            f"(--max-position-embeddings {length} or more)"
+        )
     hidden = table.size(1)
     width = len(sinusoids(0.0, 0.0))
     if hidden < width:

@@ -4,6 +4,7 @@ Both are normalised here into one small description (``AttentionMask``) so the
 attention kernels can pick the fastest exact path: no mask, ``is_causal``, or an
 additive mask where masked scores become -10000 (the original's constant).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -84,8 +85,7 @@ def build_attention_mask(attention_mask: MaskLike, query_length: int, memory_len
         ones = torch.ones(*mask.shape[:-1], memory_length, dtype=mask.dtype, device=mask.device)
         mask = torch.cat([ones, mask], dim=-1)
     if mask.size(-1) != k or mask.size(-2) != q:
-        raise ValueError(f"attention mask of shape {tuple(attention_mask.shape)} does not fit "
-                         f"{q} queries and {k} keys")
+        raise ValueError(f"attention mask of shape {tuple(attention_mask.shape)} does not fit {q} queries and {k} keys")
     reference = torch.ones(q, k, dtype=mask.dtype, device=mask.device).tril_(diagonal=k - q)
     if mask.dim() == 4 and mask.size(0) == 1 and mask.size(1) == 1 and torch.equal(mask[0, 0], reference):
         return AttentionMask("causal", q, k, visible_prefix=memory_length)

@@ -10,6 +10,7 @@ inside torch.
     {"num_layers": 8, "hidden_size": 256, ..., "img_tokenizer_path": "../../vqvae/shapes_vqvae.pt",
      "roi2_position_restart": false, "guidance_scale": {"text2image": 0.8}, "caption_rerank": true}
 """
+
 from __future__ import annotations
 
 import json
@@ -22,10 +23,21 @@ MODEL_CONFIG_FILENAME = "model_config.json"
 
 # keys named after the command-line flags they record (arguments.py dests); a flag the
 # user does not give takes the file's value
-FLAG_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings",
-             "max_position_embeddings_finetune", "make_vocab_size_divisible_by", "img_size",
-             "img_tokenizer_path", "txt_tokenizer_path", "query_window", "key_window_times", "num_pivot",
-             "sr_text_length")
+FLAG_KEYS = (
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "max_position_embeddings",
+    "max_position_embeddings_finetune",
+    "make_vocab_size_divisible_by",
+    "img_size",
+    "img_tokenizer_path",
+    "txt_tokenizer_path",
+    "query_window",
+    "key_window_times",
+    "num_pivot",
+    "sr_text_length",
+)
 PATH_KEYS = ("img_tokenizer_path", "txt_tokenizer_path")
 
 
@@ -53,8 +65,10 @@ SCHEMA: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "caption_rerank": (lambda v: isinstance(v, bool), "true or false"),
     "caption_rerank_weight": (_is_number, "a number"),
     "guidance_scale": (_task_map(_is_number), 'an object of task -> number, e.g. {"text2image": 0.8}'),
-    "guidance_top_k": (_task_map(lambda v: _is_int(v) and v >= 0),
-                       'an object of task -> whole number >= 0, e.g. {"text2image": 2}'),
+    "guidance_top_k": (
+        _task_map(lambda v: _is_int(v) and v >= 0),
+        'an object of task -> whole number >= 0, e.g. {"text2image": 2}',
+    ),
 }
 
 

@@ -4,6 +4,7 @@ Layer i:  a = LN_in(x);  x = x + LN_3(Attention(a));  x = x + LN_4(MLP(LN_post(x
 Memories (the original's incremental path) and a key/value cache (ours) are
 two ways to run on new tokens after old ones; both give the same logits.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import mpu
-from .attention import (dense_attention, sample_training_pivots, sparse_attention_inference,
-                        sparse_attention_train)
+from .attention import dense_attention, sample_training_pivots, sparse_attention_inference, sparse_attention_train
 from .kv_cache import KVCache
 from .layernorm import PBRelaxLayerNorm
 from .masks import AttentionMask, build_attention_mask
@@ -47,31 +47,47 @@ class SparseConfig:
 class GPT2ParallelSelfAttention(nn.Module):
     """Multi-head self attention with a stride-3 column-parallel qkv and a row-parallel output."""
 
-    def __init__(self, hidden_size: int, num_attention_heads: int, attention_dropout_prob: float,
-                 output_dropout_prob: float, init_method, output_layer_init_method,
-                 pb_relax_alpha: Optional[float] = None):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_attention_heads: int,
+        attention_dropout_prob: float,
+        output_dropout_prob: float,
+        init_method,
+        output_layer_init_method,
+        pb_relax_alpha: Optional[float] = None,
+    ):
         super().__init__()
         world = mpu.get_model_parallel_world_size()
         self.hidden_size_per_partition = mpu.divide(hidden_size, world)
         self.hidden_size_per_attention_head = mpu.divide(hidden_size, num_attention_heads)
         self.num_attention_heads_per_partition = mpu.divide(num_attention_heads, world)
-        self.query_key_value = mpu.ColumnParallelLinear(hidden_size, 3 * hidden_size, stride=3,
-                                                        gather_output=False, init_method=init_method)
-        self.dense = mpu.RowParallelLinear(hidden_size, hidden_size, input_is_parallel=True,
-                                           init_method=output_layer_init_method)
+        self.query_key_value = mpu.ColumnParallelLinear(
+            hidden_size, 3 * hidden_size, stride=3, gather_output=False, init_method=init_method
+        )
+        self.dense = mpu.RowParallelLinear(
+            hidden_size, hidden_size, input_is_parallel=True, init_method=output_layer_init_method
+        )
         self.attention_dropout_prob = attention_dropout_prob
         self.output_dropout = nn.Dropout(output_dropout_prob)
         self.pb_relax_alpha = pb_relax_alpha
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
-        return x.view(b, s, self.num_attention_heads_per_partition,
-                      self.hidden_size_per_attention_head).transpose(1, 2)
+        return x.view(b, s, self.num_attention_heads_per_partition, self.hidden_size_per_attention_head).transpose(1, 2)
 
-    def forward(self, hidden: torch.Tensor, mask: AttentionMask, mem: Optional[torch.Tensor] = None,
-                cache: Optional[KVCache] = None, layer_index: int = 0, is_sparse: int = 0,
-                sparse: Optional[SparseConfig] = None, pivots: Optional[torch.Tensor] = None,
-                txt_indices_bool: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        mask: AttentionMask,
+        mem: Optional[torch.Tensor] = None,
+        cache: Optional[KVCache] = None,
+        layer_index: int = 0,
+        is_sparse: int = 0,
+        sparse: Optional[SparseConfig] = None,
+        pivots: Optional[torch.Tensor] = None,
+        txt_indices_bool: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         q_len = hidden.size(1)
         full = hidden if mem is None else torch.cat([mem, hidden], dim=1)
         q, k, v = mpu.split_tensor_along_last_dim(self.query_key_value(full), 3)
@@ -83,12 +99,20 @@ class GPT2ParallelSelfAttention(nn.Module):
             if is_sparse == 1:
                 if k.size(2) != q_len:
                     raise ValueError("sparse training attention (is_sparse=1) cannot use memories")
-                context = sparse_attention_train(q, k, v, pivots, sparse.query_window,
-                                                 sparse.key_window_times, dropout_p)
+                context = sparse_attention_train(
+                    q, k, v, pivots, sparse.query_window, sparse.key_window_times, dropout_p
+                )
             elif is_sparse == 2:
-                context = sparse_attention_inference(q, k, v, txt_indices_bool, sparse.query_window,
-                                                     sparse.key_window_times, sparse.num_pivot,
-                                                     sparse.max_sequence_length)
+                context = sparse_attention_inference(
+                    q,
+                    k,
+                    v,
+                    txt_indices_bool,
+                    sparse.query_window,
+                    sparse.key_window_times,
+                    sparse.num_pivot,
+                    sparse.max_sequence_length,
+                )
             else:
                 context = dense_attention(q, k, v, mask, dropout_p, self.pb_relax_alpha)
         b = context.size(0)
@@ -99,10 +123,12 @@ class GPT2ParallelSelfAttention(nn.Module):
 class GPT2ParallelMLP(nn.Module):
     def __init__(self, hidden_size: int, output_dropout_prob: float, init_method, output_layer_init_method):
         super().__init__()
-        self.dense_h_to_4h = mpu.ColumnParallelLinear(hidden_size, 4 * hidden_size,
-                                                      gather_output=False, init_method=init_method)
-        self.dense_4h_to_h = mpu.RowParallelLinear(4 * hidden_size, hidden_size, input_is_parallel=True,
-                                                   init_method=output_layer_init_method)
+        self.dense_h_to_4h = mpu.ColumnParallelLinear(
+            hidden_size, 4 * hidden_size, gather_output=False, init_method=init_method
+        )
+        self.dense_4h_to_h = mpu.RowParallelLinear(
+            4 * hidden_size, hidden_size, input_is_parallel=True, init_method=output_layer_init_method
+        )
         self.dropout = nn.Dropout(output_dropout_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,21 +138,36 @@ class GPT2ParallelMLP(nn.Module):
 class GPT2ParallelTransformerLayer(nn.Module):
     """One Sandwich-LN block (four LayerNorms per layer, as in the checkpoints)."""
 
-    def __init__(self, hidden_size: int, num_attention_heads: int, attention_dropout_prob: float,
-                 output_dropout_prob: float, layernorm_epsilon: float, init_method,
-                 output_layer_init_method, pb_relax_alpha: Optional[float] = None):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_attention_heads: int,
+        attention_dropout_prob: float,
+        output_dropout_prob: float,
+        layernorm_epsilon: float,
+        init_method,
+        output_layer_init_method,
+        pb_relax_alpha: Optional[float] = None,
+    ):
         super().__init__()
         self.input_layernorm = PBRelaxLayerNorm(hidden_size, eps=layernorm_epsilon)
-        self.attention = GPT2ParallelSelfAttention(hidden_size, num_attention_heads, attention_dropout_prob,
-                                                   output_dropout_prob, init_method,
-                                                   output_layer_init_method, pb_relax_alpha)
+        self.attention = GPT2ParallelSelfAttention(
+            hidden_size,
+            num_attention_heads,
+            attention_dropout_prob,
+            output_dropout_prob,
+            init_method,
+            output_layer_init_method,
+            pb_relax_alpha,
+        )
         self.post_attention_layernorm = PBRelaxLayerNorm(hidden_size, eps=layernorm_epsilon)
         self.third_layernorm = PBRelaxLayerNorm(hidden_size, eps=layernorm_epsilon)
         self.fourth_layernorm = PBRelaxLayerNorm(hidden_size, eps=layernorm_epsilon)
         self.mlp = GPT2ParallelMLP(hidden_size, output_dropout_prob, init_method, output_layer_init_method)
 
-    def forward(self, x: torch.Tensor, mask: AttentionMask, mem: Optional[torch.Tensor] = None,
-                **attention_kwargs) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: AttentionMask, mem: Optional[torch.Tensor] = None, **attention_kwargs
+    ) -> torch.Tensor:
         normed_mem = self.input_layernorm(mem) if mem is not None else None
         attn = self.attention(self.input_layernorm(x), mask, normed_mem, **attention_kwargs)
         x = x + self.third_layernorm(attn)
@@ -136,36 +177,68 @@ class GPT2ParallelTransformerLayer(nn.Module):
 class GPT2ParallelTransformer(nn.Module):
     """Position embeddings, the layers, the final LayerNorm, memories and sparsity."""
 
-    def __init__(self, num_layers: int, hidden_size: int, num_attention_heads: int,
-                 max_sequence_length: int, max_memory_length: int, embedding_dropout_prob: float,
-                 attention_dropout_prob: float, output_dropout_prob: float,
-                 checkpoint_activations: bool, checkpoint_num_layers: int = 1,
-                 layernorm_epsilon: float = 1.0e-5, init_method_std: float = 0.02,
-                 use_scaled_init_for_output_weights: bool = True, query_window: int = 128,
-                 key_window_times: int = 6, num_pivot: int = 768,
-                 pb_relax_alpha: Optional[float] = None):
+    def __init__(
+        self,
+        num_layers: int,
+        hidden_size: int,
+        num_attention_heads: int,
+        max_sequence_length: int,
+        max_memory_length: int,
+        embedding_dropout_prob: float,
+        attention_dropout_prob: float,
+        output_dropout_prob: float,
+        checkpoint_activations: bool,
+        checkpoint_num_layers: int = 1,
+        layernorm_epsilon: float = 1.0e-5,
+        init_method_std: float = 0.02,
+        use_scaled_init_for_output_weights: bool = True,
+        query_window: int = 128,
+        key_window_times: int = 6,
+        num_pivot: int = 768,
+        pb_relax_alpha: Optional[float] = None,
+    ):
         super().__init__()
         self.max_memory_length = max_memory_length
         self.checkpoint_activations = checkpoint_activations
         self.checkpoint_num_layers = checkpoint_num_layers
         self.sparse = SparseConfig(query_window, key_window_times, num_pivot, max_sequence_length)
-        output_init = (scaled_init_method(init_method_std, num_layers)
-                       if use_scaled_init_for_output_weights else init_method_normal(init_method_std))
+        output_init = (
+            scaled_init_method(init_method_std, num_layers)
+            if use_scaled_init_for_output_weights
+            else init_method_normal(init_method_std)
+        )
         self.position_embeddings = nn.Embedding(max_sequence_length, hidden_size)
         init_method_normal(init_method_std)(self.position_embeddings.weight)
         self.embedding_dropout = nn.Dropout(embedding_dropout_prob)
-        self.layers = nn.ModuleList([
-            GPT2ParallelTransformerLayer(hidden_size, num_attention_heads, attention_dropout_prob,
-                                         output_dropout_prob, layernorm_epsilon,
-                                         init_method_normal(init_method_std), output_init, pb_relax_alpha)
-            for _ in range(num_layers)])
+        self.layers = nn.ModuleList(
+            [
+                GPT2ParallelTransformerLayer(
+                    hidden_size,
+                    num_attention_heads,
+                    attention_dropout_prob,
+                    output_dropout_prob,
+                    layernorm_epsilon,
+                    init_method_normal(init_method_std),
+                    output_init,
+                    pb_relax_alpha,
+                )
+                for _ in range(num_layers)
+            ]
+        )
         self.final_layernorm = PBRelaxLayerNorm(hidden_size, eps=layernorm_epsilon)
         self.last_pivots: List[torch.Tensor] = []  # pivots of the last sparse-training forward
 
-    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor, attention_mask,
-                txt_indices_bool: Optional[torch.Tensor] = None,
-                img_indices_bool: Optional[torch.Tensor] = None, is_sparse: int = 0,
-                mems: Sequence[torch.Tensor] = (), kv_cache: Optional[KVCache] = None):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask,
+        txt_indices_bool: Optional[torch.Tensor] = None,
+        img_indices_bool: Optional[torch.Tensor] = None,
+        is_sparse: int = 0,
+        mems: Sequence[torch.Tensor] = (),
+        kv_cache: Optional[KVCache] = None,
+    ):
         q_len = hidden_states.size(1)
         if mems and kv_cache is not None:
             raise ValueError("pass either memories or a KV cache, not both")
@@ -179,8 +252,7 @@ class GPT2ParallelTransformer(nn.Module):
         if is_sparse == 2 and txt_indices_bool is None:
             raise ValueError("sparse inference attention (is_sparse=2) needs txt_indices_bool")
         self.last_pivots = []
-        use_checkpoint = (self.checkpoint_activations and torch.is_grad_enabled() and not mems
-                          and kv_cache is None)
+        use_checkpoint = self.checkpoint_activations and torch.is_grad_enabled() and not mems and kv_cache is None
         step = self.checkpoint_num_layers if (self.checkpoint_activations or is_sparse == 1) else len(self.layers)
         for start in range(0, len(self.layers), max(1, step)):
             end = min(start + max(1, step), len(self.layers))
@@ -196,8 +268,7 @@ class GPT2ParallelTransformer(nn.Module):
             else:
                 chunk_outputs = []
                 for i in range(start, end):
-                    x = self.layers[i](x, mask, mems[i] if mems else None, cache=kv_cache,
-                                       layer_index=i, **kwargs)
+                    x = self.layers[i](x, mask, mems[i] if mems else None, cache=kv_cache, layer_index=i, **kwargs)
                     chunk_outputs.append(x)
             x = chunk_outputs[-1]
             if keep_memories:
@@ -216,6 +287,7 @@ class GPT2ParallelTransformer(nn.Module):
                 x = self.layers[i](x, mask, None, layer_index=i, **kwargs)
                 outs.append(x)
             return tuple(outs)
+
         return run
 
     def update_mems(self, hiddens: List[torch.Tensor], mems: Sequence[torch.Tensor]) -> List[torch.Tensor]:

@@ -7,6 +7,7 @@ with 1 and 2 workers. Writes the section "Preprocessing throughput" of bench/RES
 
     OMP_NUM_THREADS=1 python -m bench.bench_preprocess [--released-images 40] [--small-images 500]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,10 @@ def make_images(folder: str, n: int, seed: int = 0) -> str:
         d = ImageDraw.Draw(img)
         for _ in range(6):
             x, y = (int(v) for v in rng.integers(0, 280, 2))
-            d.ellipse([x, y, x + int(rng.integers(10, 90)), y + int(rng.integers(10, 90))],
-                      fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+            d.ellipse(
+                [x, y, x + int(rng.integers(10, 90)), y + int(rng.integers(10, 90))],
+                fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
+            )
         name = f"img{i:04d}.jpg"
         img.save(os.path.join(folder, name), quality=90)
         lines.append(f"{name}\tpicture number {i}")
@@ -53,8 +56,17 @@ def make_images(folder: str, n: int, seed: int = 0) -> str:
 
 
 def measure(captions: str, model_path: str, workers: int, n: int, out: str, batch: int) -> Tuple[float, int]:
-    cfg = PreprocessConfig(captions=captions, output=out, img_tokenizer_path=model_path, output_format="TextCode",
-                           img_size=256, num_workers=workers, batch_size=batch, progress=False, overwrite=True)
+    cfg = PreprocessConfig(
+        captions=captions,
+        output=out,
+        img_tokenizer_path=model_path,
+        output_format="TextCode",
+        img_size=256,
+        num_workers=workers,
+        batch_size=batch,
+        progress=False,
+        overwrite=True,
+    )
     start = time.perf_counter()
     summary = run(cfg)
     seconds = time.perf_counter() - start
@@ -78,8 +90,10 @@ def main(argv: List[str] | None = None) -> None:
         make_images(folder, n_max)
         print(f"generated {n_max} images in {time.perf_counter() - t0:.1f}s", flush=True)
         torch.manual_seed(0)
-        models = {"released (channel 512, 8192 codes)": (new_model(), args.released_images, 8),
-                  "small (channel 64, 1024 codes)": (VQVAE(**SMALL_CONFIG), args.small_images, 32)}
+        models = {
+            "released (channel 512, 8192 codes)": (new_model(), args.released_images, 8),
+            "small (channel 64, 1024 codes)": (VQVAE(**SMALL_CONFIG), args.small_images, 32),
+        }
         for label, (model, n, batch) in models.items():
             model_path = os.path.join(tmp, "vqvae.pt")
             torch.save(model.state_dict(), model_path)
@@ -91,18 +105,22 @@ def main(argv: List[str] | None = None) -> None:
             for workers in (1, 2):
                 seconds, count = measure(captions, model_path, workers, n, os.path.join(tmp, "out.lmdb"), batch)
                 rows.append((label, workers, count, batch, seconds, count / seconds))
-                print(f"{label}: {workers} worker(s), {count} images in {seconds:.1f}s = "
-                      f"{count / seconds:.2f} images/s", flush=True)
+                print(
+                    f"{label}: {workers} worker(s), {count} images in {seconds:.1f}s = {count / seconds:.2f} images/s",
+                    flush=True,
+                )
     table = ["| VQ-VAE | workers | images | batch | seconds | images/s |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     table += [f"| {m} | {w} | {c} | {b} | {s:.1f} | {r:.2f} |" for m, w, c, b, s, r in rows]
-    body = ("`python -m bench.bench_preprocess` (OMP_NUM_THREADS="
-            f"{os.environ.get('OMP_NUM_THREADS', 'unset')}): preprocess_entry's pipeline on 320x256 JPEGs "
-            "encoded at 256 px (32x32 codes), TextCode rows, CPU, end to end (VQ-VAE load, worker start, "
-            "LMDB writes included).\n\n" + "\n".join(table) + "\n\n"
-            "With the released architecture the VQ-VAE encode in the main process dominates on CPU "
-            "(about 44 GFLOP per 256 px image); use --device cuda for real datasets. Decode workers only "
-            "help when cores are free beyond the encoder's threads: on a machine with few cores a second "
-            "worker competes with the encoder (and with anything else running).")
+    body = (
+        "`python -m bench.bench_preprocess` (OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}): preprocess_entry's pipeline on 320x256 JPEGs "
+        "encoded at 256 px (32x32 codes), TextCode rows, CPU, end to end (VQ-VAE load, worker start, "
+        "LMDB writes included).\n\n" + "\n".join(table) + "\n\n"
+        "With the released architecture the VQ-VAE encode in the main process dominates on CPU "
+        "(about 44 GFLOP per 256 px image); use --device cuda for real datasets. Decode workers only "
+        "help when cores are free beyond the encoder's threads: on a machine with few cores a second "
+        "worker competes with the encoder (and with anything else running)."
+    )
     print("\n".join(table))
     if not args.no_write:
         write_section("Preprocessing throughput", body)

@@ -16,6 +16,7 @@ bench/RESULTS.md.
 
     python bench/bench_sampler.py [--layers 12 --hidden 512 --heads 8]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,26 @@ from bench.results import write_section  # noqa: E402
 from generation import SamplingConfig, TokenLayout, filling_sequence  # noqa: E402
 
 I, T = 8192, 50000
-NAMES = ["[PAD]", "[BOI1]", "[BOI2]", "[BOI3]", "[EOI1]", "[EOI2]", "[EOI3]", "[ROI1]", "[ROI2]", "[ROI3]",
-         "[SEP]", "[MASK]", "[CLS]", "[ENC]", "[TINY]", "[SMALL]", "[BASE]", "[BIG]"] + [f"[POS{i}]" for i in range(9)]
+NAMES = [
+    "[PAD]",
+    "[BOI1]",
+    "[BOI2]",
+    "[BOI3]",
+    "[EOI1]",
+    "[EOI2]",
+    "[EOI3]",
+    "[ROI1]",
+    "[ROI2]",
+    "[ROI3]",
+    "[SEP]",
+    "[MASK]",
+    "[CLS]",
+    "[ENC]",
+    "[TINY]",
+    "[SMALL]",
+    "[BASE]",
+    "[BIG]",
+] + [f"[POS{i}]" for i in range(9)]
 LAYOUT = TokenLayout(I, T, {n: I + T + k for k, n in enumerate(NAMES)})
 VOCAB, POSITIONS, TAIL = 58240, 1089, 64
 
@@ -48,15 +67,23 @@ def timed_sampling(model, seq, batch, sampler, seed=0):
     stamps = []
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    filling_sequence(model, seq, batch, LAYOUT, SamplingConfig(top_k=200), sampler=sampler, generator=gen,
-                     on_token=lambda rows: stamps.append(time.perf_counter()))
+    filling_sequence(
+        model,
+        seq,
+        batch,
+        LAYOUT,
+        SamplingConfig(top_k=200),
+        sampler=sampler,
+        generator=gen,
+        on_token=lambda rows: stamps.append(time.perf_counter()),
+    )
     return time.perf_counter() - start, stamps[-1] - stamps[0]
 
 
 def tail_query() -> list:
     """1088 tokens: the prompt, 1024 - TAIL known codes, then TAIL codes to sample."""
     seq = prompt() + [k % I for k in range(1024 - TAIL)] + [-1] * TAIL
-    return seq[:POSITIONS - 1] if len(seq) > POSITIONS - 1 else seq
+    return seq[: POSITIONS - 1] if len(seq) > POSITIONS - 1 else seq
 
 
 def hf_rate(layers, hidden, heads, batch, new_tokens):
@@ -71,8 +98,9 @@ def hf_rate(layers, hidden, heads, batch, new_tokens):
     with torch.no_grad():
         model.generate(ids, max_new_tokens=4, do_sample=True, top_k=200, pad_token_id=0)  # warm-up
         start = time.perf_counter()
-        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True, top_k=200,
-                       pad_token_id=0)
+        model.generate(
+            ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True, top_k=200, pad_token_id=0
+        )
     return batch * new_tokens / (time.perf_counter() - start)
 
 
@@ -108,8 +136,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     model = GPT2Model(args.layers, VOCAB, args.hidden, args.heads, 0.0, 0.0, 0.0, POSITIONS, 2048, False).eval()
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    bf16_model = GPT2Model(args.layers, VOCAB, args.hidden, args.heads, 0.0, 0.0, 0.0, POSITIONS, 2048,
-                           False).eval()
+    bf16_model = GPT2Model(args.layers, VOCAB, args.hidden, args.heads, 0.0, 0.0, 0.0, POSITIONS, 2048, False).eval()
     bf16_model.load_state_dict(model.state_dict())
     bf16_model = bf16_model.to(torch.bfloat16)
     full_seq = prompt() + [-1] * 1024
@@ -127,32 +154,40 @@ def main(argv=None) -> None:
         hf = hf_rate(args.layers, args.hidden, args.heads, batch, 1024)
         floor = batch * bandwidth * 1e9 / decode_bytes_per_step(model, POSITIONS, batch)
         rows.append((batch, kv_full, kv_tail, mems_tail, hf, kv_bf16, floor))
-        print(f"batch {batch}: kv-cache {kv_full:.1f} tok/s (full image), {kv_tail:.1f} tok/s at 1088; "
-              f"original mems {mems_tail:.2f} tok/s at 1088 ({kv_tail / mems_tail:.1f}x); "
-              f"HF GPT-2 generate {hf if hf is None else round(hf, 1)} tok/s; kv-cache bf16 {kv_bf16:.1f} tok/s",
-              flush=True)
-    table = ["| batch | kv-cache, full image (tok/s) | kv-cache at 1088 (tok/s) | original mems at 1088 (tok/s) "
-             "| speed-up at 1088 | HF GPT-2 generate, full image (tok/s) | kv-cache / HF "
-             "| kv-cache bf16, full image (tok/s) | memory-bound ceiling at 1088, fp32 (tok/s) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        print(
+            f"batch {batch}: kv-cache {kv_full:.1f} tok/s (full image), {kv_tail:.1f} tok/s at 1088; "
+            f"original mems {mems_tail:.2f} tok/s at 1088 ({kv_tail / mems_tail:.1f}x); "
+            f"HF GPT-2 generate {hf if hf is None else round(hf, 1)} tok/s; kv-cache bf16 {kv_bf16:.1f} tok/s",
+            flush=True,
+        )
+    table = [
+        "| batch | kv-cache, full image (tok/s) | kv-cache at 1088 (tok/s) | original mems at 1088 (tok/s) "
+        "| speed-up at 1088 | HF GPT-2 generate, full image (tok/s) | kv-cache / HF "
+        "| kv-cache bf16, full image (tok/s) | memory-bound ceiling at 1088, fp32 (tok/s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for batch, kv_full, kv_tail, mems_tail, hf, kv_bf16, floor in rows:
         hf_text = "n/a" if hf is None else f"{hf:.1f}"
         ratio = "n/a" if hf is None else f"{kv_full / hf:.2f}x"
-        table.append(f"| {batch} | {kv_full:.1f} | {kv_tail:.1f} | {mems_tail:.2f} | {kv_tail / mems_tail:.1f}x "
-                     f"| {hf_text} | {ratio} | {kv_bf16:.1f} | {floor:.1f} |")
-    body = (f"`python bench/bench_sampler.py` — text2image sampling, top-k 200, random weights: "
-            f"{args.layers} layers, hidden {args.hidden}, {args.heads} heads, vocabulary {VOCAB}, "
-            f"{POSITIONS} positions ({params:.1f} M parameters), float32 unless marked bf16. The KV-cache "
-            f"sampler computes logits only for the ids allowed at the position (the 8192 image codes) and "
-            f"only at the last position; the original's algorithm computes all of them.\n\n"
-            + "\n".join(table) +
-            "\n\nTargets: kv-cache >= 10x the original algorithm at 1088 positions, and at least as fast as "
-            "the transformers GPT-2 peer.\n\n"
-            f"Memory-bound ceiling: a decoding step has to read every layer weight, the output rows it "
-            f"samples from and all cached keys and values; at the measured read bandwidth of "
-            f"{bandwidth:.1f} GB/s that caps the KV-cache sampler at the last column's rate. The original's "
-            f"step instead recomputes the keys and values of all 1088 positions (compute-bound), so "
-            f"the speed-up it can show grows with the batch, which shares each weight read across rows.")
+        table.append(
+            f"| {batch} | {kv_full:.1f} | {kv_tail:.1f} | {mems_tail:.2f} | {kv_tail / mems_tail:.1f}x "
+            f"| {hf_text} | {ratio} | {kv_bf16:.1f} | {floor:.1f} |"
+        )
+    body = (
+        f"`python bench/bench_sampler.py` — text2image sampling, top-k 200, random weights: "
+        f"{args.layers} layers, hidden {args.hidden}, {args.heads} heads, vocabulary {VOCAB}, "
+        f"{POSITIONS} positions ({params:.1f} M parameters), float32 unless marked bf16. The KV-cache "
+        f"sampler computes logits only for the ids allowed at the position (the 8192 image codes) and "
+        f"only at the last position; the original's algorithm computes all of them.\n\n"
+        + "\n".join(table)
+        + "\n\nTargets: kv-cache >= 10x the original algorithm at 1088 positions, and at least as fast as "
+        "the transformers GPT-2 peer.\n\n"
+        f"Memory-bound ceiling: a decoding step has to read every layer weight, the output rows it "
+        f"samples from and all cached keys and values; at the measured read bandwidth of "
+        f"{bandwidth:.1f} GB/s that caps the KV-cache sampler at the last column's rate. The original's "
+        f"step instead recomputes the keys and values of all 1088 positions (compute-bound), so "
+        f"the speed-up it can show grows with the batch, which shares each weight read across rows."
+    )
     if not args.no_write:
         write_section("Sampler throughput", body)
     print(body)

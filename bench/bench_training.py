@@ -9,6 +9,7 @@ best of a few large fp32 matmuls with the same thread count.  Steps run through 
 real training path (TorchBackend: AdamW, grad clipping, the CogView loss).
 Results go to bench/RESULTS.md, section "Training throughput".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from arguments import get_args  # noqa: E402
 from bench.results import write_section  # noqa: E402
-from pretrain_gpt2 import get_model  # noqa: E402
 from training.backends import make_backend  # noqa: E402
 from training.loss import forward_step, get_batch  # noqa: E402
+from training.model import get_model  # noqa: E402
 
 CONFIGS = [
     # name, layers, hidden, heads, vocab, seq, batch, timed steps
@@ -42,20 +43,37 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
         t = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def flops_per_token(model: torch.nn.Module, layers: int, hidden: int, seq: int) -> float:
-    matmul = sum(p.numel() for n, p in model.named_parameters()
-                 if p.dim() == 2 and "position_embeddings" not in n)
+    matmul = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "position_embeddings" not in n)
     return 6 * matmul + 12 * layers * seq * hidden
 
 
-def bench_config(name: str, layers: int, hidden: int, heads: int, vocab: int, seq: int, batch: int,
-                 steps: int, peak: float) -> Dict[str, float]:
-    args = get_args(["--num-layers", str(layers), "--hidden-size", str(hidden), "--num-attention-heads", str(heads),
-                     "--max-position-embeddings", str(seq + 1), "--batch-size", str(batch), "--device", "cpu",
-                     "--hidden-dropout", "0.1", "--attention-dropout", "0.1"])
+def bench_config(
+    name: str, layers: int, hidden: int, heads: int, vocab: int, seq: int, batch: int, steps: int, peak: float
+) -> Dict[str, float]:
+    args = get_args(
+        [
+            "--num-layers",
+            str(layers),
+            "--hidden-size",
+            str(hidden),
+            "--num-attention-heads",
+            str(heads),
+            "--max-position-embeddings",
+            str(seq + 1),
+            "--batch-size",
+            str(batch),
+            "--device",
+            "cpu",
+            "--hidden-dropout",
+            "0.1",
+            "--attention-dropout",
+            "0.1",
+        ]
+    )
     args.vocab_size = vocab
     torch.manual_seed(0)
     model = get_model(args)
@@ -76,8 +94,16 @@ def bench_config(name: str, layers: int, hidden: int, heads: int, vocab: int, se
     tokens_per_s = steps * batch * seq / elapsed
     params = sum(p.numel() for p in model.parameters())
     achieved = tokens_per_s * flops_per_token(model, layers, hidden, seq) / 1e9
-    return {"name": name, "params": params, "seq": seq, "batch": batch, "step_s": elapsed / steps,
-            "tokens_per_s": tokens_per_s, "gflops": achieved, "mfu": achieved / peak}
+    return {
+        "name": name,
+        "params": params,
+        "seq": seq,
+        "batch": batch,
+        "step_s": elapsed / steps,
+        "tokens_per_s": tokens_per_s,
+        "gflops": achieved,
+        "mfu": achieved / peak,
+    }
 
 
 def main(argv: List[str] = None) -> int:
@@ -91,20 +117,29 @@ def main(argv: List[str] = None) -> int:
     rows = []
     for cfg in CONFIGS:
         r = bench_config(*cfg, peak=peak)
-        print(f"{r['name']}: {r['params'] / 1e6:.1f}M params, {r['tokens_per_s']:.0f} tokens/s, "
-              f"{r['gflops']:.1f} GFLOP/s, MFU {100 * r['mfu']:.1f}%", flush=True)
+        print(
+            f"{r['name']}: {r['params'] / 1e6:.1f}M params, {r['tokens_per_s']:.0f} tokens/s, "
+            f"{r['gflops']:.1f} GFLOP/s, MFU {100 * r['mfu']:.1f}%",
+            flush=True,
+        )
         rows.append(r)
-    table = ["| model | parameters | batch x seq | s / step | tokens/s | model GFLOP/s | MFU |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    table = [
+        "| model | parameters | batch x seq | s / step | tokens/s | model GFLOP/s | MFU |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
-        table.append(f"| {r['name']} | {r['params'] / 1e6:.1f} M | {r['batch']} x {r['seq']} | {r['step_s']:.2f} | "
-                     f"{r['tokens_per_s']:.0f} | {r['gflops']:.1f} | {100 * r['mfu']:.1f}% |")
-    body = (f"`python bench/bench_training.py` (fp32, CPU, torch AdamW, dropout 0.1, single process). "
-            f"Matmul peak measured with the same threads: {peak:.1f} GFLOP/s (fp32 2048x2048 mm, best of 5). "
-            "Model FLOPs/token = 6 x matmul parameters + 12 x layers x seq x hidden. The 12-layer model uses "
-            "the released vocabulary (58240) but a short sequence (128) to keep the run to a few minutes; "
-            f"at 1088 tokens the attention term grows and MFU changes. 1-minute load average at the start: "
-            f"{os.getloadavg()[0]:.1f} (other jobs on the 2 cores make the numbers noisy).\n\n" + "\n".join(table))
+        table.append(
+            f"| {r['name']} | {r['params'] / 1e6:.1f} M | {r['batch']} x {r['seq']} | {r['step_s']:.2f} | "
+            f"{r['tokens_per_s']:.0f} | {r['gflops']:.1f} | {100 * r['mfu']:.1f}% |"
+        )
+    body = (
+        f"`python bench/bench_training.py` (fp32, CPU, torch AdamW, dropout 0.1, single process). "
+        f"Matmul peak measured with the same threads: {peak:.1f} GFLOP/s (fp32 2048x2048 mm, best of 5). "
+        "Model FLOPs/token = 6 x matmul parameters + 12 x layers x seq x hidden. The 12-layer model uses "
+        "the released vocabulary (58240) but a short sequence (128) to keep the run to a few minutes; "
+        f"at 1088 tokens the attention term grows and MFU changes. 1-minute load average at the start: "
+        f"{os.getloadavg()[0]:.1f} (other jobs on the 2 cores make the numbers noisy).\n\n" + "\n".join(table)
+    )
     if not opts.no_write:
         write_section("Training throughput", body)
     return 0

@@ -1,4 +1,5 @@
 """Write one benchmark's section of bench/RESULTS.md, keeping the other sections."""
+
 from __future__ import annotations
 
 import datetime
@@ -28,8 +29,10 @@ def machine_description() -> str:
                     break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, {platform.system()} {platform.release()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {platform.system()} {platform.release()}"
+    )
 
 
 def write_section(name: str, body: str, path: str = RESULTS) -> None:

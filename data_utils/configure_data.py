@@ -1,8 +1,9 @@
-"""Build the train/valid/test DataLoaders from --train-data / --split (spec 7.2).
+"""Build the train/valid/test DataLoaders from --train-data / --split, as the original's configure_data.py does.
 
 Data order is a fixed pseudo-random mapping (RandomMappingDataset), not a shuffle, so
 a run is reproducible and can resume mid-epoch by skipping batches.
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,7 +56,7 @@ class RandomMappingDataset(Dataset):
     @staticmethod
     def map_index(index: int, total: int) -> int:
         rng = random.Random(index)
-        seed = [rng.randint(0, 2 ** 32 - 1) for _ in range(16)]
+        seed = [rng.randint(0, 2**32 - 1) for _ in range(16)]
         return int(np.random.RandomState(seed=seed).randint(total))
 
     def __getitem__(self, index: int):
@@ -69,8 +70,7 @@ def get_split(args) -> List[float]:
     try:
         splits = [float(s) for s in (text.split(sep) if sep else [text])]
     except ValueError:
-        raise ValueError(f"--split {text!r}: expected numbers separated by ',' or '/', "
-                         "e.g. 949,50,1") from None
+        raise ValueError(f"--split {text!r}: expected numbers separated by ',' or '/', e.g. 949,50,1") from None
     if any(s < 0 for s in splits):
         raise ValueError(f"--split {text!r}: proportions must be >= 0")
     total = sum(splits)
@@ -117,8 +117,7 @@ def split_ds(ds: Dataset, split: Sequence[float]) -> List[Optional[SplitDataset]
     return out
 
 
-def make_dataset(dataset_type: str, paths: Sequence[str], split: Optional[Sequence[float]],
-                 args, tokenizer):
+def make_dataset(dataset_type: str, paths: Sequence[str], split: Optional[Sequence[float]], args, tokenizer):
     """Concatenate the paths (t2i x4, i2t x2), map them pseudo-randomly, then split."""
     if isinstance(paths, str):
         paths = [paths]
@@ -146,20 +145,27 @@ def _data_parallel() -> Tuple[int, int]:
         return 0, 1
 
 
-def make_data_loader(dataset: Dataset, batch_size: int, args, rank: int = 0,
-                     world_size: int = 1, start_iter: int = 0) -> DataLoader:
+def make_data_loader(
+    dataset: Dataset, batch_size: int, args, rank: int = 0, world_size: int = 1, start_iter: int = 0
+) -> DataLoader:
     """Sequential batches of ``batch_size`` (global), this rank's slice of each."""
     sampler = DistributedBatchSampler(
-        SequentialSampler(dataset), batch_size, drop_last=world_size > 1, rank=rank,
-        world_size=world_size, start_iter=start_iter,
-        gradient_accumulation_steps=args.gradient_accumulation_steps)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers,
-                      pin_memory=torch.cuda.is_available())
+        SequentialSampler(dataset),
+        batch_size,
+        drop_last=world_size > 1,
+        rank=rank,
+        world_size=world_size,
+        start_iter=start_iter,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+    )
+    return DataLoader(
+        dataset, batch_sampler=sampler, num_workers=args.num_workers, pin_memory=torch.cuda.is_available()
+    )
 
 
-def make_loaders(args, tokenizer=None, rank: Optional[int] = None,
-                 world_size: Optional[int] = None
-                 ) -> Tuple[Optional[DataLoader], Optional[DataLoader], Optional[DataLoader]]:
+def make_loaders(
+    args, tokenizer=None, rank: Optional[int] = None, world_size: Optional[int] = None
+) -> Tuple[Optional[DataLoader], Optional[DataLoader], Optional[DataLoader]]:
     """(train, valid, test) loaders; sets args.do_train / do_valid / do_test.
 
     rank / world_size default to the data-parallel group. Batch sizes are per rank.
@@ -191,9 +197,11 @@ def make_loaders(args, tokenizer=None, rank: Optional[int] = None,
     args.do_valid = valid is not None
     args.do_test = test is not None
     loader = lambda ds, bs: make_data_loader(ds, bs, args, rank, world_size)  # noqa: E731
-    return (loader(train, batch_size) if args.do_train else None,
-            loader(valid, eval_batch_size) if valid is not None else None,
-            loader(test, eval_batch_size) if test is not None else None)
+    return (
+        loader(train, batch_size) if args.do_train else None,
+        loader(valid, eval_batch_size) if valid is not None else None,
+        loader(test, eval_batch_size) if test is not None else None,
+    )
 
 
 def resume_loader(loader: DataLoader, iteration: int) -> None:
@@ -212,9 +220,11 @@ def detect_new_datasets(args, tokenizer=None):
         logger.warning("--new-dataset-path %s does not exist; skipping detection", folder)
         return None
     current = {os.path.abspath(p) for p in (args.train_data or [])}
-    found = [os.path.join(folder, name) for name in sorted(os.listdir(folder))
-             if name.endswith(("lmdb", "bin"))
-             and os.path.abspath(os.path.join(folder, name)) not in current]
+    found = [
+        os.path.join(folder, name)
+        for name in sorted(os.listdir(folder))
+        if name.endswith(("lmdb", "bin")) and os.path.abspath(os.path.join(folder, name)) not in current
+    ]
     if not found:
         return None
     args.train_data = list(args.train_data or []) + found

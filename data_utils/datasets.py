@@ -4,6 +4,7 @@ Each dataset yields {'text': int64 [ml], 'loss_mask': int64 [ml]}: the row's tok
 padded with [PAD] (or cut) to ml, and 1 on the real tokens. Datasets hold no open file
 handles in their pickled state, so they can be handed to DataLoader workers.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,9 @@ class LMDBDataset(Dataset):
         with reader_env(self.path).begin(write=False) as txn:
             raw = txn.get(b"length")
         if raw is None:
-            raise ValueError(f"{self.path} has no 'length' key: not a CogView LMDB dataset "
-                             "(or its writer never committed)")
+            raise ValueError(
+                f"{self.path} has no 'length' key: not a CogView LMDB dataset (or its writer never committed)"
+            )
         self.length = int(raw.decode("ascii"))
 
     def __len__(self) -> int:
@@ -58,8 +60,7 @@ class LMDBDataset(Dataset):
         with reader_env(self.path).begin(write=False) as txn:
             data = txn.get(key.encode("ascii"))
         if data is None:
-            raise KeyError(f"{self.path}: row key {key!r} is missing (length says "
-                           f"{self.length})")
+            raise KeyError(f"{self.path}: row key {key!r} is missing (length says {self.length})")
         return load_row(data, source=f"LMDB {self.path} row key {key!r}")
 
     def __getitem__(self, idx: int) -> Any:
@@ -70,9 +71,14 @@ class LMDBDataset(Dataset):
 class BinaryDataset(Dataset):
     """Fixed-length rows of a raw binary file, memory-mapped (or preloaded)."""
 
-    def __init__(self, path: str, process_fn: Optional[Callable[[np.ndarray], Any]] = None,
-                 length_per_sample: int = COMPACT_TEXT_LENGTH + COMPACT_CODE_LENGTH,
-                 dtype: Union[str, np.dtype] = "int32", preload: bool = False):
+    def __init__(
+        self,
+        path: str,
+        process_fn: Optional[Callable[[np.ndarray], Any]] = None,
+        length_per_sample: int = COMPACT_TEXT_LENGTH + COMPACT_CODE_LENGTH,
+        dtype: Union[str, np.dtype] = "int32",
+        preload: bool = False,
+    ):
         self.path = str(path)
         self.process_fn = process_fn
         self.length_per_sample = int(length_per_sample)
@@ -83,23 +89,26 @@ class BinaryDataset(Dataset):
         row_bytes = self.dtype.itemsize * self.length_per_sample
         self.length = nbytes // row_bytes
         if nbytes % row_bytes:
-            logger.warning("%s: %d trailing bytes do not fill a row of %d x %s; ignored",
-                           self.path, nbytes % row_bytes, self.length_per_sample, self.dtype)
+            logger.warning(
+                "%s: %d trailing bytes do not fill a row of %d x %s; ignored",
+                self.path,
+                nbytes % row_bytes,
+                self.length_per_sample,
+                self.dtype,
+            )
         if self.length == 0:
-            raise ValueError(f"{self.path} holds no complete row of {self.length_per_sample} "
-                             f"x {self.dtype}")
+            raise ValueError(f"{self.path} holds no complete row of {self.length_per_sample} x {self.dtype}")
         self._bin = None
         self._pid = None
         if preload:
-            self._bin = np.fromfile(self.path, dtype=self.dtype,
-                                    count=self.length * self.length_per_sample
-                                    ).reshape(self.length, self.length_per_sample)
+            self._bin = np.fromfile(self.path, dtype=self.dtype, count=self.length * self.length_per_sample).reshape(
+                self.length, self.length_per_sample
+            )
         self.preload = preload
 
     def _rows(self) -> np.ndarray:
         if self._bin is None or (not self.preload and self._pid != os.getpid()):
-            self._bin = np.memmap(self.path, dtype=self.dtype, mode="r",
-                                  shape=(self.length, self.length_per_sample))
+            self._bin = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.length, self.length_per_sample))
             self._pid = os.getpid()
         return self._bin
 
@@ -136,11 +145,9 @@ def sequence_length(args) -> int:
 class RowProcessor:
     """Turns a stored row into the padded {'text', 'loss_mask'} training sample."""
 
-    def __init__(self, dataset_type: str, tokenizer: UnifiedTokenizer, ml: int,
-                 source: str = ""):
+    def __init__(self, dataset_type: str, tokenizer: UnifiedTokenizer, ml: int, source: str = ""):
         if dataset_type not in DATASET_TYPES:
-            raise ValueError(f"unknown --dataset-type {dataset_type!r}; choose one of "
-                             f"{', '.join(DATASET_TYPES)}")
+            raise ValueError(f"unknown --dataset-type {dataset_type!r}; choose one of {', '.join(DATASET_TYPES)}")
         self.dataset_type = dataset_type
         self.tokenizer = tokenizer
         self.ml = int(ml)
@@ -153,10 +160,10 @@ class RowProcessor:
             ids = np.asarray(row).reshape(-1)
         elif self.dataset_type == "TextCodeDataset":
             if not (isinstance(row, (tuple, list)) and len(row) == 2):
-                raise ValueError(f"{self.source}: a TextCodeDataset row must be (text, codes), "
-                                 f"got {type(row).__name__}")
-            ids = TextCodeTemplate(row[0], np.asarray(row[1]).reshape(-1),
-                                   tokenizer=self.tokenizer)
+                raise ValueError(
+                    f"{self.source}: a TextCodeDataset row must be (text, codes), got {type(row).__name__}"
+                )
+            ids = TextCodeTemplate(row[0], np.asarray(row[1]).reshape(-1), tokenizer=self.tokenizer)
         else:  # CompactBinaryDataset: 64 text ids (-1 padded), then 1024 codes
             row = np.asarray(row)
             text = row[:COMPACT_TEXT_LENGTH].astype(np.int64)
@@ -168,11 +175,15 @@ class RowProcessor:
         n = len(ids)
         if n > self.ml:
             if not self._warned:
-                logger.warning("%s: a sample of %d tokens is longer than %d and was "
-                               "truncated (further truncations are not reported)",
-                               self.source or "dataset", n, self.ml)
+                logger.warning(
+                    "%s: a sample of %d tokens is longer than %d and was "
+                    "truncated (further truncations are not reported)",
+                    self.source or "dataset",
+                    n,
+                    self.ml,
+                )
                 self._warned = True
-            ids, n = ids[:self.ml], self.ml
+            ids, n = ids[: self.ml], self.ml
         text = np.full(self.ml, self.pad_id, dtype=np.int64)
         text[:n] = ids
         loss_mask = np.zeros(self.ml, dtype=np.int64)
@@ -180,8 +191,7 @@ class RowProcessor:
         return {"text": text, "loss_mask": loss_mask}
 
 
-def get_dataset_by_type(dataset_type: str, path: str, tokenizer: UnifiedTokenizer,
-                        args) -> Dataset:
+def get_dataset_by_type(dataset_type: str, path: str, tokenizer: UnifiedTokenizer, args) -> Dataset:
     """The dataset for one --train-data path, yielding padded training samples."""
     process_fn = RowProcessor(dataset_type, tokenizer, sequence_length(args), source=str(path))
     if dataset_type == "CompactBinaryDataset":

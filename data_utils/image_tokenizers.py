@@ -4,6 +4,7 @@
 image vocabulary size matters then). ``vqvae`` is imported lazily so this module, and
 everything that imports it, loads even when the VQ-VAE package is unavailable.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,10 @@ class FakeTokenizer:
         return self.num_tokens
 
     def _no_model(self, what: str):
-        raise ValueError(f"cannot {what}: no VQ-VAE loaded (the image tokenizer only knows its "
-                         f"size, {self.num_tokens}); pass --img-tokenizer-path")
+        raise ValueError(
+            f"cannot {what}: no VQ-VAE loaded (the image tokenizer only knows its "
+            f"size, {self.num_tokens}); pass --img-tokenizer-path"
+        )
 
     def EncodeAsIds(self, img: torch.Tensor) -> torch.Tensor:
         self._no_model("encode an image")

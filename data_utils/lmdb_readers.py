@@ -6,6 +6,7 @@ Forked DataLoader workers reuse the inherited one (read-only, lock=False, as the
 original did); spawned workers open their own. An open LMDBWriter shares its
 environment here, so rows can be read back while a dataset is being written.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,7 @@ def reader_env(path: str):
         env = _ENVS.get(key)
         if env is None:
             try:
-                env = lmdb.open(path, max_readers=32, readonly=True, lock=False,
-                                readahead=False, meminit=False)
+                env = lmdb.open(path, max_readers=32, readonly=True, lock=False, readahead=False, meminit=False)
             except lmdb.Error as exc:
                 raise IOError(f"cannot open LMDB dataset {path}: {exc}") from None
             _ENVS[key] = env

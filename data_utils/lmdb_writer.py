@@ -4,6 +4,7 @@ Rows are stored with row_format.encode_row. The ``length`` key is written after 
 rows in every commit and counts only the contiguous prefix 0..n-1 written, so an
 interrupted run leaves a readable dataset and a rerun can resume from ``count``.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,7 @@ class LMDBWriter:
         self.path = str(path)
         os.makedirs(self.path, exist_ok=True)
         close_reader(self.path)  # py-lmdb allows one environment per folder and process
-        self.env = lmdb.open(self.path, map_size=int(map_size), subdir=True, readonly=False,
-                             meminit=False)
+        self.env = lmdb.open(self.path, map_size=int(map_size), subdir=True, readonly=False, meminit=False)
         share_env(self.path, self.env)
         self.commit_every = max(1, int(commit_every))
         self._pending: Dict[int, bytes] = {}
@@ -90,8 +90,7 @@ class LMDBWriter:
         and the next append goes to index n."""
         n = int(n)
         if not 0 <= n <= self._count:
-            raise ValueError(f"length {n} must be within [0, {self._count}] (rows 0..n-1 "
-                             f"must exist in {self.path})")
+            raise ValueError(f"length {n} must be within [0, {self._count}] (rows 0..n-1 must exist in {self.path})")
         self._count = n
         self._written_beyond = {i for i in self._written_beyond if i < n}
 

@@ -8,6 +8,7 @@ Layout (little-endian): MAGIC, then one value. A value is a 1-byte tag and its b
 Python lists (and tensors) are stored as arrays, since rows are token sequences.
 Decoding never executes code: only these tags and plain numeric dtypes are accepted.
 """
+
 from __future__ import annotations
 
 import struct
@@ -24,7 +25,7 @@ class RowFormatError(ValueError):
 
 
 def is_encoded_row(data: bytes) -> bool:
-    return bytes(data[:len(MAGIC)]) == MAGIC
+    return bytes(data[: len(MAGIC)]) == MAGIC
 
 
 def encode_row(row: Any) -> bytes:
@@ -57,8 +58,10 @@ def _encode(value: Any, out: bytearray) -> None:
         elif isinstance(value, list):
             value = np.asarray(value, dtype=np.int64 if _all_ints(value) else None)
         if not isinstance(value, np.ndarray):
-            raise TypeError(f"cannot store a {type(value).__name__} in a dataset row "
-                            "(use arrays, lists of ids, str, bytes, numbers or tuples)")
+            raise TypeError(
+                f"cannot store a {type(value).__name__} in a dataset row "
+                "(use arrays, lists of ids, str, bytes, numbers or tuples)"
+            )
         _encode_array(value, out)
 
 
@@ -68,8 +71,7 @@ def _all_ints(values: list) -> bool:
 
 def _encode_array(arr: np.ndarray, out: bytearray) -> None:
     if arr.dtype.kind not in _ALLOWED_KINDS:
-        raise TypeError(f"cannot store an array of dtype {arr.dtype} in a dataset row "
-                        "(numeric dtypes only)")
+        raise TypeError(f"cannot store an array of dtype {arr.dtype} in a dataset row (numeric dtypes only)")
     dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
     arr = np.ascontiguousarray(arr, dtype=dtype)
     name = arr.dtype.str.encode("ascii")
@@ -92,14 +94,14 @@ def decode_row(data: bytes) -> Any:
 
 
 def _decode(view: memoryview, pos: int) -> Tuple[Any, int]:
-    tag = bytes(view[pos:pos + 1])
+    tag = bytes(view[pos : pos + 1])
     pos += 1
     if tag in (b"S", b"B"):
         (n,) = struct.unpack_from("<Q", view, pos)
         pos += 8
         if pos + n > len(view):
             raise ValueError("string runs past the end")
-        data = bytes(view[pos:pos + n])
+        data = bytes(view[pos : pos + n])
         return (data.decode("utf-8") if tag == b"S" else data), pos + n
     if tag == b"I":
         return struct.unpack_from("<q", view, pos)[0], pos + 8
@@ -115,7 +117,7 @@ def _decode(view: memoryview, pos: int) -> Tuple[Any, int]:
         return tuple(items), pos
     if tag == b"A":
         (n,) = struct.unpack_from("<B", view, pos)
-        dtype = np.dtype(bytes(view[pos + 1:pos + 1 + n]).decode("ascii"))
+        dtype = np.dtype(bytes(view[pos + 1 : pos + 1 + n]).decode("ascii"))
         if dtype.kind not in _ALLOWED_KINDS:
             raise ValueError(f"dtype {dtype} is not allowed")
         pos += 1 + n
@@ -125,6 +127,6 @@ def _decode(view: memoryview, pos: int) -> Tuple[Any, int]:
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if pos + nbytes > len(view):
             raise ValueError("array data runs past the end")
-        arr = np.frombuffer(view[pos:pos + nbytes], dtype=dtype).reshape(shape).copy()
+        arr = np.frombuffer(view[pos : pos + nbytes], dtype=dtype).reshape(shape).copy()
         return arr, pos + nbytes
     raise ValueError(f"unknown tag {tag!r}")

@@ -4,6 +4,7 @@ pickle.loads runs whatever callable a pickle names, so an LMDB file from elsewhe
 could execute code when a row is read. Original rows only need numpy arrays, numpy
 scalars and plain Python data; every other global is refused before it is resolved.
 """
+
 from __future__ import annotations
 
 import io
@@ -19,16 +20,17 @@ class UnsafePickleError(pickle.UnpicklingError):
 
 def _numpy_core(submodule: str, name: str) -> Callable[[], Any]:
     """Resolve numpy.core.* / numpy._core.* names to the installed numpy's object."""
+
     def resolve() -> Any:
         core = getattr(np, "_core", None)
         if core is None or not hasattr(core, submodule):  # numpy < 2
             core = np.core
         return getattr(getattr(core, submodule), name)
+
     return resolve
 
 
-_NUMPY_CORE_NAMES = (("multiarray", "_reconstruct"), ("multiarray", "scalar"),
-                     ("numeric", "_frombuffer"))
+_NUMPY_CORE_NAMES = (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))
 
 _ALLOWED: Dict[Tuple[str, str], Callable[[], Any]] = {
     ("numpy", "ndarray"): lambda: np.ndarray,
@@ -40,10 +42,22 @@ for _sub, _name in _NUMPY_CORE_NAMES:
     for _prefix in ("numpy.core", "numpy._core"):
         _ALLOWED[(f"{_prefix}.{_sub}", _name)] = _numpy_core(_sub, _name)
 
-_SAFE_BUILTINS = ("int", "float", "complex", "bool", "str", "bytes", "bytearray", "list",
-                  "tuple", "dict", "set", "frozenset")
+_SAFE_BUILTINS = (
+    "int",
+    "float",
+    "complex",
+    "bool",
+    "str",
+    "bytes",
+    "bytearray",
+    "list",
+    "tuple",
+    "dict",
+    "set",
+    "frozenset",
+)
 for _name in _SAFE_BUILTINS:
-    _ALLOWED[("builtins", _name)] = (lambda n=_name: __import__("builtins").__dict__[n])
+    _ALLOWED[("builtins", _name)] = lambda n=_name: __import__("builtins").__dict__[n]
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -59,12 +73,12 @@ class RestrictedUnpickler(pickle.Unpickler):
         if resolve is None:
             raise UnsafePickleError(
                 f"refusing to unpickle {module}.{name} in {self.source}: only numpy arrays, "
-                "numpy scalars and plain Python data may be loaded from untrusted data")
+                "numpy scalars and plain Python data may be loaded from untrusted data"
+            )
         return resolve()
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError(f"refusing persistent id {pid!r} in {self.source}: "
-                                "untrusted data")
+        raise UnsafePickleError(f"refusing persistent id {pid!r} in {self.source}: untrusted data")
 
 
 def safe_loads(data: bytes, source: str = "<bytes>") -> Any:

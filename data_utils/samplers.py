@@ -4,6 +4,7 @@ The original skipped ``start_iter`` batches only with several data-parallel rank
 here resuming works for a single process too, so a restarted run sees exactly the
 batches it would have seen had it not stopped.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -20,15 +21,21 @@ class DistributedBatchSampler(BatchSampler):
     batches) are skipped on the next pass only; later passes start from the beginning.
     """
 
-    def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool, rank: int = 0,
-                 world_size: int = 1, start_iter: int = 0,
-                 gradient_accumulation_steps: Optional[int] = None):
+    def __init__(
+        self,
+        sampler: Sampler,
+        batch_size: int,
+        drop_last: bool,
+        rank: int = 0,
+        world_size: int = 1,
+        start_iter: int = 0,
+        gradient_accumulation_steps: Optional[int] = None,
+    ):
         super().__init__(sampler, batch_size, drop_last)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         if batch_size % world_size:
-            raise ValueError(f"global batch {batch_size} is not divisible by the "
-                             f"{world_size} data-parallel ranks")
+            raise ValueError(f"global batch {batch_size} is not divisible by the {world_size} data-parallel ranks")
         self.rank = rank
         self.world_size = world_size
         self.start_iter = int(start_iter)

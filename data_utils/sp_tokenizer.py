@@ -4,6 +4,7 @@ The original hard-coded ``pretrained/chinese_sentencepiece/cog-pretrain.model``
 relative to the working directory; here the path is explicit (``--txt-tokenizer-path``)
 and the default is resolved against the repository root, so scripts work from any cwd.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,13 +30,13 @@ class SentencePieceTokenizer:
             raise TextTokenizerError(
                 f"text tokenizer model not found: {self.path!r} (expected a sentencepiece "
                 "*.model file; pass --txt-tokenizer-path or train one with "
-                "`python -m data_utils.train_text_tokenizer`)")
+                "`python -m data_utils.train_text_tokenizer`)"
+            )
         self.sp = spm.SentencePieceProcessor()
         try:
             ok = self.sp.Load(self.path)
         except Exception as exc:  # sentencepiece raises OSError / RuntimeError
-            raise TextTokenizerError(
-                f"cannot load sentencepiece model {self.path!r}: {exc}") from None
+            raise TextTokenizerError(f"cannot load sentencepiece model {self.path!r}: {exc}") from None
         if ok is False:
             raise TextTokenizerError(f"cannot load sentencepiece model {self.path!r}")
         self.num_tokens = int(self.sp.GetPieceSize())
@@ -80,10 +81,12 @@ def default_txt_tokenizer_path(root: Optional[str] = None) -> Optional[str]:
 
 def missing_tokenizer_message() -> str:
     """What to tell the user when no text tokenizer can be found."""
-    return ("no text tokenizer found: pass --txt-tokenizer-path PATH.model, or place the "
-            f"released model at {os.path.join(REPO_ROOT, COG_PRETRAIN_MODEL)}, or train one "
-            "with `python -m data_utils.train_text_tokenizer --input captions.txt "
-            f"--output-prefix {os.path.join(OWN_TOKENIZER_DIR, 'text')} --vocab-size 8000`")
+    return (
+        "no text tokenizer found: pass --txt-tokenizer-path PATH.model, or place the "
+        f"released model at {os.path.join(REPO_ROOT, COG_PRETRAIN_MODEL)}, or train one "
+        "with `python -m data_utils.train_text_tokenizer --input captions.txt "
+        f"--output-prefix {os.path.join(OWN_TOKENIZER_DIR, 'text')} --vocab-size 8000`"
+    )
 
 
 def resolve_txt_tokenizer_path(path: Optional[str] = None) -> str:
@@ -101,12 +104,19 @@ def from_pretrained(path: Optional[str] = None) -> SentencePieceTokenizer:
     return SentencePieceTokenizer(resolve_txt_tokenizer_path(path))
 
 
-def train_text_tokenizer(input_txt: str | Sequence[str], model_prefix: str, vocab_size: int,
-                         model_type: str = "bpe", character_coverage: float = 0.9995,
-                         user_defined_symbols: Sequence[str] = ("<n>",),
-                         normalization_rule_name: str = "nmt_nfkc",
-                         input_sentence_size: int = 0, byte_fallback: bool = False,
-                         hard_vocab_limit: bool = True, num_threads: int = 1) -> str:
+def train_text_tokenizer(
+    input_txt: str | Sequence[str],
+    model_prefix: str,
+    vocab_size: int,
+    model_type: str = "bpe",
+    character_coverage: float = 0.9995,
+    user_defined_symbols: Sequence[str] = ("<n>",),
+    normalization_rule_name: str = "nmt_nfkc",
+    input_sentence_size: int = 0,
+    byte_fallback: bool = False,
+    hard_vocab_limit: bool = True,
+    num_threads: int = 1,
+) -> str:
     """Train a sentencepiece model like cog-pretrain (BPE, nmt_nfkc, ``<n>`` at id 3).
 
     Works for any language; use character_coverage 0.9995 for CJK-heavy text and 1.0
@@ -119,8 +129,10 @@ def train_text_tokenizer(input_txt: str | Sequence[str], model_prefix: str, voca
         if not os.path.isfile(path):
             raise FileNotFoundError(f"tokenizer training text not found: {path!r}")
     if vocab_size < 4 + len(user_defined_symbols):
-        raise ValueError(f"vocab_size {vocab_size} is too small (needs room for <unk>, <s>, "
-                         f"</s> and {len(user_defined_symbols)} user symbols)")
+        raise ValueError(
+            f"vocab_size {vocab_size} is too small (needs room for <unk>, <s>, "
+            f"</s> and {len(user_defined_symbols)} user symbols)"
+        )
     out_dir = os.path.dirname(os.path.abspath(model_prefix))
     os.makedirs(out_dir, exist_ok=True)
     kwargs = dict(
@@ -130,7 +142,10 @@ def train_text_tokenizer(input_txt: str | Sequence[str], model_prefix: str, voca
         model_type=model_type,
         character_coverage=float(character_coverage),
         normalization_rule_name=normalization_rule_name,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
         byte_fallback=bool(byte_fallback),
         hard_vocab_limit=bool(hard_vocab_limit),
         num_threads=int(num_threads),

@@ -4,6 +4,7 @@ Layout, with I image codes and T text pieces: [0, I) image codes, [I, I+T) text
 (sentencepiece id + I), then the 27 command tokens in COMMAND_TOKENS order. With the
 released sizes (8192 + 50000) [PAD] is 58192 and there are 58219 tokens.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,12 +20,32 @@ logger = logging.getLogger(__name__)
 
 COMMAND_TOKENS: Tuple[str, ...] = (
     "[PAD]",
-    "[BOI1]", "[BOI2]", "[BOI3]",  # begin of image n
-    "[EOI1]", "[EOI2]", "[EOI3]",  # end of image n
-    "[ROI1]", "[ROI2]", "[ROI3]",  # reference text
-    "[SEP]", "[MASK]", "[CLS]", "[ENC]",
-    "[TINY]", "[SMALL]", "[BASE]", "[BIG]",  # 8x8, 16x16, 32x32, 64x64 code grids
-    "[POS0]", "[POS1]", "[POS2]", "[POS3]", "[POS4]", "[POS5]", "[POS6]", "[POS7]", "[POS8]",
+    "[BOI1]",
+    "[BOI2]",
+    "[BOI3]",  # begin of image n
+    "[EOI1]",
+    "[EOI2]",
+    "[EOI3]",  # end of image n
+    "[ROI1]",
+    "[ROI2]",
+    "[ROI3]",  # reference text
+    "[SEP]",
+    "[MASK]",
+    "[CLS]",
+    "[ENC]",
+    "[TINY]",
+    "[SMALL]",
+    "[BASE]",
+    "[BIG]",  # 8x8, 16x16, 32x32, 64x64 code grids
+    "[POS0]",
+    "[POS1]",
+    "[POS2]",
+    "[POS3]",
+    "[POS4]",
+    "[POS5]",
+    "[POS6]",
+    "[POS7]",
+    "[POS8]",
 )
 SIZE_TOKENS = {8: "[TINY]", 16: "[SMALL]", 32: "[BASE]", 64: "[BIG]"}
 
@@ -34,10 +55,13 @@ CodeLike = Union[List[int], np.ndarray, torch.Tensor]
 class UnifiedTokenizer:
     """Encode/decode text and images into the shared vocabulary; parse generation queries."""
 
-    def __init__(self, img_tokenizer_path: Optional[str] = None,
-                 txt_tokenizer_path: Optional[Union[str, SentencePieceTokenizer]] = None,
-                 device: Union[str, torch.device] = "cpu",
-                 img_tokenizer_num_tokens: Optional[int] = None):
+    def __init__(
+        self,
+        img_tokenizer_path: Optional[str] = None,
+        txt_tokenizer_path: Optional[Union[str, SentencePieceTokenizer]] = None,
+        device: Union[str, torch.device] = "cpu",
+        img_tokenizer_num_tokens: Optional[int] = None,
+    ):
         self.device = device
         if img_tokenizer_path is not None:
             self.img_tokenizer = VQVAETokenizer(img_tokenizer_path, device=device)
@@ -45,35 +69,34 @@ class UnifiedTokenizer:
             # training on pre-tokenized data: only the VQ-VAE vocabulary size is needed
             self.img_tokenizer = FakeTokenizer(img_tokenizer_num_tokens)
         else:
-            raise ValueError("UnifiedTokenizer needs an image tokenizer: pass "
-                             "--img-tokenizer-path (a VQ-VAE checkpoint) or "
-                             "--img-tokenizer-num-tokens (its codebook size)")
+            raise ValueError(
+                "UnifiedTokenizer needs an image tokenizer: pass "
+                "--img-tokenizer-path (a VQ-VAE checkpoint) or "
+                "--img-tokenizer-num-tokens (its codebook size)"
+            )
         if isinstance(txt_tokenizer_path, SentencePieceTokenizer):
             self.txt_tokenizer = txt_tokenizer_path
         else:
-            self.txt_tokenizer = SentencePieceTokenizer(
-                resolve_txt_tokenizer_path(txt_tokenizer_path))
+            self.txt_tokenizer = SentencePieceTokenizer(resolve_txt_tokenizer_path(txt_tokenizer_path))
         self.num_image_tokens = self.img_tokenizer.num_tokens
         self.num_text_tokens = self.txt_tokenizer.num_tokens
         self.num_command_tokens = len(COMMAND_TOKENS)
         self.command_offset = self.num_image_tokens + self.num_text_tokens
         self.num_tokens = self.command_offset + self.num_command_tokens
-        self.command_tokens: Dict[str, int] = {
-            name: self.command_offset + i for i, name in enumerate(COMMAND_TOKENS)}
+        self.command_tokens: Dict[str, int] = {name: self.command_offset + i for i, name in enumerate(COMMAND_TOKENS)}
 
     # ---- vocabulary -------------------------------------------------------------------
     def __getitem__(self, command_token: str) -> int:
         try:
             return self.command_tokens[command_token]
         except KeyError:
-            raise KeyError(f"unknown command token {command_token!r}; known: "
-                           f"{', '.join(COMMAND_TOKENS)}") from None
+            raise KeyError(f"unknown command token {command_token!r}; known: {', '.join(COMMAND_TOKENS)}") from None
 
     def __len__(self) -> int:
         return self.num_tokens
 
     def padded_vocab_size(self, divisible_by: int = 128, mp_size: int = 1) -> int:
-        """Smallest multiple of divisible_by * mp_size that holds every token (spec 2.5)."""
+        """Smallest multiple of divisible_by * mp_size that holds every token, as the original pads the vocabulary."""
         multiple = int(divisible_by) * int(mp_size)
         if multiple <= 0:
             return self.num_tokens
@@ -124,12 +147,11 @@ class UnifiedTokenizer:
                 try:
                     images.append(self.img_tokenizer.DecodeIds(list(img_buffer)))
                 except ValueError as exc:  # e.g. a run of codes that is not a square grid
-                    logger.warning("cannot decode %d image codes (%s); returning the codes",
-                                   len(img_buffer), exc)
+                    logger.warning("cannot decode %d image codes (%s); returning the codes", len(img_buffer), exc)
                     images.append(list(img_buffer))
                 img_buffer.clear()
 
-        for x in (ids.tolist() if isinstance(ids, (np.ndarray, torch.Tensor)) else ids):
+        for x in ids.tolist() if isinstance(ids, (np.ndarray, torch.Tensor)) else ids:
             x = int(x)
             if x < 0 or x >= self.num_tokens:
                 raise ValueError(f"id {x} is outside the vocabulary [0, {self.num_tokens})")
@@ -158,8 +180,7 @@ class UnifiedTokenizer:
             n = len(code)
         side = sqrt_int(n)
         if side not in SIZE_TOKENS:
-            raise ValueError(f"{n} codes ({side}x{side}) have no size token; expected 8x8, "
-                             "16x16, 32x32 or 64x64")
+            raise ValueError(f"{n} codes ({side}x{side}) have no size token; expected 8x8, 16x16, 32x32 or 64x64")
         if idx not in (1, 2, 3):
             raise ValueError(f"image index must be 1, 2 or 3, got {idx}")
         head = [self.command_tokens[SIZE_TOKENS[side]], self.command_tokens[f"[BOI{idx}]"]]
@@ -170,8 +191,13 @@ class UnifiedTokenizer:
             return np.concatenate((np.array(head), code.reshape(-1), np.array(tail)), axis=0)
         if isinstance(code, torch.Tensor):
             flat = code.reshape(-1)
-            return torch.cat((torch.tensor(head, dtype=flat.dtype, device=flat.device), flat,
-                              torch.tensor(tail, dtype=flat.dtype, device=flat.device)))
+            return torch.cat(
+                (
+                    torch.tensor(head, dtype=flat.dtype, device=flat.device),
+                    flat,
+                    torch.tensor(tail, dtype=flat.dtype, device=flat.device),
+                )
+            )
         raise ValueError(f"wrap_code expects a list, numpy array or tensor, got {type(code)}")
 
     # ---- generation queries -----------------------------------------------------------
@@ -214,10 +240,11 @@ class UnifiedTokenizer:
 
     def _image_part(self, part: str, img_size: int) -> List[int]:
         """``[Image]path`` / ``[ImageN]path`` -> the image's codes, all but N set to -1."""
-        rest = part[len("[Image"):]
+        rest = part[len("[Image") :]
         if "]" not in rest or rest.count("]") != 1:
-            raise ValueError(f"{part!r} in query: expected [Image]path or [ImageN]path "
-                             "(the path may not contain ']' or spaces)")
+            raise ValueError(
+                f"{part!r} in query: expected [Image]path or [ImageN]path (the path may not contain ']' or spaces)"
+            )
         num, path = rest.split("]")
         if not path:
             raise ValueError(f"{part!r} in query: no image path after ']'")
@@ -235,8 +262,10 @@ def _parse_count(text: str, part: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"{part!r} in query: {text!r} is not an integer count (parts are "
-                         "separated by spaces, e.g. '[MASK]*2 [BASE]')") from None
+        raise ValueError(
+            f"{part!r} in query: {text!r} is not an integer count (parts are "
+            "separated by spaces, e.g. '[MASK]*2 [BASE]')"
+        ) from None
 
 
 _TOKENIZER: Optional[UnifiedTokenizer] = None
@@ -247,10 +276,16 @@ def get_tokenizer(args=None) -> UnifiedTokenizer:
     global _TOKENIZER
     if _TOKENIZER is None:
         if args is None:
-            raise RuntimeError("no tokenizer yet: call get_tokenizer(args) or set_tokenizer() "
-                               "before using templates/datasets without an explicit tokenizer")
-        _TOKENIZER = UnifiedTokenizer(args.img_tokenizer_path, txt_tokenizer_path=args.txt_tokenizer_path,
-                                      device=args.device, img_tokenizer_num_tokens=args.img_tokenizer_num_tokens)
+            raise RuntimeError(
+                "no tokenizer yet: call get_tokenizer(args) or set_tokenizer() "
+                "before using templates/datasets without an explicit tokenizer"
+            )
+        _TOKENIZER = UnifiedTokenizer(
+            args.img_tokenizer_path,
+            txt_tokenizer_path=args.txt_tokenizer_path,
+            device=args.device,
+            img_tokenizer_num_tokens=args.img_tokenizer_num_tokens,
+        )
     return _TOKENIZER
 
 

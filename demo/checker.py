@@ -6,6 +6,7 @@ each colour's largest connected blob is an object; its bounding box gives centre
 diameter for each candidate shape, and the shape whose rendered mask overlaps the blob
 best (IoU) wins. Position, size and relation snap to the nearest grammar value.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -14,10 +15,9 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .shapes import (ANCHORS, BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Scene,
-                     shape_mask, shape_polygon)
+from .shapes import ANCHORS, BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, shape_mask, shape_polygon
 
-FOREGROUND_DISTANCE = 60.0   # RGB distance from the background that counts as an object
+FOREGROUND_DISTANCE = 60.0  # RGB distance from the background that counts as an object
 MIN_OBJECT_FRACTION = 0.006  # blobs smaller than this share of the image are noise
 
 
@@ -94,8 +94,9 @@ def read_scene(image, max_objects: int = 2) -> Reading:
     """Background and up to ``max_objects`` objects (largest first) of an RGB image."""
     arr = np.asarray(image, dtype=np.float32)[..., :3]
     size = arr.shape[0]
-    border = np.concatenate([arr[:2].reshape(-1, 3), arr[-2:].reshape(-1, 3),
-                             arr[:, :2].reshape(-1, 3), arr[:, -2:].reshape(-1, 3)])
+    border = np.concatenate(
+        [arr[:2].reshape(-1, 3), arr[-2:].reshape(-1, 3), arr[:, :2].reshape(-1, 3), arr[:, -2:].reshape(-1, 3)]
+    )
     med = np.median(border, axis=0)
     bg = min(BACKGROUNDS, key=lambda k: np.linalg.norm(med - np.array(BACKGROUNDS[k])))
     fg = np.linalg.norm(arr - np.array(BACKGROUNDS[bg], dtype=np.float32), axis=-1) > FOREGROUND_DISTANCE
@@ -156,8 +157,7 @@ def check_image(expected: Scene, image) -> Dict[str, bool]:
         first = by_colour.get(expected.first.colour)
         second = by_colour.get(expected.second.colour)
         res["colours"] = first is not None and second is not None
-        res["shapes"] = (res["colours"] and first.shape == expected.first.shape
-                         and second.shape == expected.second.shape)
+        res["shapes"] = res["colours"] and first.shape == expected.first.shape and second.shape == expected.second.shape
         res["relation"] = res["colours"] and relation_of(first, second) == expected.relation
         res["colours_and_relation"] = res["relation"]
     res["all"] = all(res.values())
@@ -167,13 +167,19 @@ def check_image(expected: Scene, image) -> Dict[str, bool]:
 def describe(image, two_objects: bool) -> Optional[Scene]:
     """The grammar scene the checker reads in an image (None when objects are missing)."""
     from .shapes import Obj
+
     reading = read_scene(image, max_objects=2 if two_objects else 1)
     if not reading.blobs or (two_objects and len(reading.blobs) < 2):
         return None
     a = reading.blobs[0]
     if not two_objects:
-        return Scene(reading.background, Obj(a.colour, a.shape), size=size_of(a.diameter),
-                     position=position_of(a.cx, a.cy))
+        return Scene(
+            reading.background, Obj(a.colour, a.shape), size=size_of(a.diameter), position=position_of(a.cx, a.cy)
+        )
     first, second = sorted(reading.blobs[:2], key=lambda b: (b.cy, b.cx))
-    return Scene(reading.background, Obj(first.colour, first.shape),
-                 relation=relation_of(first, second), second=Obj(second.colour, second.shape))
+    return Scene(
+        reading.background,
+        Obj(first.colour, first.shape),
+        relation=relation_of(first, second),
+        second=Obj(second.colour, second.shape),
+    )

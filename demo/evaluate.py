@@ -22,6 +22,7 @@ Every scored prompt and image comes from held-out scenes (demo.shapes.HELD_OUT_P
   model's size -> its size) against bicubic of the true render.
 Numbers go to stdout as JSON and, with --write-results, to bench/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,15 +35,15 @@ import time
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 import numpy as np
 import torch
 from PIL import Image
 
-from demo.shapes import (Scene, all_scenes, caption, parse_caption, render)
 from demo.checker import check_image
+from demo.shapes import Scene, all_scenes, caption, parse_caption, render
 from generation.queries import size_token
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 LANGUAGES = ("en", "zh")
 RANKED_CAPTIONS = 8  # image2text.sh's BATCH_SIZE
@@ -56,7 +57,7 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
 
 
 def _rate(flags: Sequence[Dict[str, bool]]) -> Dict[str, float]:
@@ -80,8 +81,11 @@ def caption_flags(truth: Scene, got: Optional[Scene]) -> Dict[str, bool]:
 
 def _flags(truth: Scene, got: Optional[Scene]) -> Dict[str, bool]:
     same_kind = got is not None and (got.second is None) == (truth.second is None)
-    flags = {"parsed": got is not None, "all": got == truth,
-             "background": got is not None and got.background == truth.background}
+    flags = {
+        "parsed": got is not None,
+        "all": got == truth,
+        "background": got is not None and got.background == truth.background,
+    }
     if truth.second is None:
         for key in ("colour", "shape"):
             flags[key] = same_kind and getattr(got.first, key) == getattr(truth.first, key)
@@ -89,8 +93,9 @@ def _flags(truth: Scene, got: Optional[Scene]) -> Dict[str, bool]:
             flags[key] = same_kind and getattr(got, key) == getattr(truth, key)
     else:
         for key in ("colour", "shape"):
-            flags[key + "s"] = same_kind and all(getattr(g, key) == getattr(t, key)
-                                                for g, t in zip(got.objects, truth.objects))
+            flags[key + "s"] = same_kind and all(
+                getattr(g, key) == getattr(t, key) for g, t in zip(got.objects, truth.objects)
+            )
         flags["relation"] = same_kind and got.relation == truth.relation
     return flags
 
@@ -105,14 +110,15 @@ def evaluation_scenes(count: int, seed: int, split: str = "held-out") -> Dict[st
 
 
 class Demo:
-    """A loaded demo checkpoint behind generate_samples.Generator."""
+    """A loaded demo checkpoint behind generation.Generator (what generate_samples.py runs)."""
 
     def __init__(self, load: str, extra: Sequence[str] = ()):
-        from arguments import get_args
-        from generate_samples import Generator, load_config, setup
+        from arguments import explicit_dests, get_args
+        from generation.config import GenerationConfig
+        from generation.generator import Generator, setup
 
         argv = ["--load", load, "--device", "cpu", "--input-source", "interactive", *extra]
-        cfg = load_config(get_args(argv), argv)
+        cfg = GenerationConfig.from_args(get_args(argv), explicit_dests(argv))
         tokenizer, model = setup(cfg)
         self.gen = Generator(cfg, tokenizer, model)
         self.tok = tokenizer
@@ -120,6 +126,7 @@ class Demo:
     def encode(self, image: Image.Image) -> List[int]:
         from vqvae import img2code, normalize
         from vqvae.image_io import pil_to_tensor
+
         x = normalize(pil_to_tensor(image))[None]
         return img2code(self.tok.img_tokenizer.model, x)[0].tolist()
 
@@ -128,12 +135,14 @@ class Demo:
 
     def text2image(self, prompt: str, n: int) -> List[np.ndarray]:
         from generation.queries import task_template
+
         ids = self.gen.parse(task_template("text2image", self.gen.grid).format(prompt))
         seqs = self.gen.sample(ids, batch_size=n, guidance=self.gen.guidance(ids, "text2image"))
         return [_to_uint8(self.gen.last_image(s)) for s in seqs]
 
     def _caption_query(self, codes: Sequence[int]) -> List[int]:
         from generation.queries import CAPTION_LENGTH
+
         t = self.tok
         size = t.command_tokens[size_token(self.gen.grid)]
         return [size, t["[BOI1]"], *codes, t["[EOI1]"], t["[ROI1]"]] + [-1] * CAPTION_LENGTH
@@ -155,6 +164,7 @@ class Demo:
 
     def scores(self, codes: Sequence[Sequence[int]], text: str) -> List[float]:
         from generation.post_selection import inverse_prompt_score
+
         t = self.tok
         size = t.command_tokens[size_token(self.gen.grid)]
         rows = torch.tensor([[size, t["[BOI1]"], *c, t["[EOI1]"], t["[ROI1]"], *t(text)] for c in codes])
@@ -164,18 +174,34 @@ class Demo:
 def evaluate(args) -> dict:
     torch.manual_seed(args.seed)
     scenes = evaluation_scenes(args.prompts, args.seed)
-    results: dict = {"prompts_per_kind": args.prompts, "temperature": args.temperature,
-                     "top_k": args.top_k, "caption_top_k": args.caption_top_k}
-    demo = Demo(args.model, ["--temperature", str(args.temperature), "--top_k", str(args.top_k),
-                             "--seed", str(args.seed), "--max-inference-batch-size", "8"])
+    results: dict = {
+        "prompts_per_kind": args.prompts,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "caption_top_k": args.caption_top_k,
+    }
+    demo = Demo(
+        args.model,
+        [
+            "--temperature",
+            str(args.temperature),
+            "--top_k",
+            str(args.top_k),
+            "--seed",
+            str(args.seed),
+            "--max-inference-batch-size",
+            "8",
+        ],
+    )
     # --guidance-scale per task: the checkpoint's model_config.json values unless --guidance overrides
     scales = {**demo.gen.cfg.guidance_scale, **dict(args.guidance)}
     results["guidance_scale"] = {task: scales.get(task, 0.0) for task in ("text2image", "image2text")}
     top_k = {**demo.gen.cfg.guidance_top_k, **dict(args.guidance_top_k)}
     results["guidance_top_k"] = {task: top_k.get(task, 0) for task in ("text2image", "image2text")}
     weight = demo.gen.cfg.caption_rerank_weight if args.caption_rerank_weight is None else args.caption_rerank_weight
-    demo.gen.cfg = dataclasses.replace(demo.gen.cfg, guidance_scale=scales, guidance_top_k=top_k,
-                                       caption_rerank_weight=weight)
+    demo.gen.cfg = dataclasses.replace(
+        demo.gen.cfg, guidance_scale=scales, guidance_top_k=top_k, caption_rerank_weight=weight
+    )
     results["caption_rerank_weight"] = demo.gen.caption_rerank_weight()
 
     results["vqvae_ceiling"] = _vqvae_ceiling(demo, scenes)
@@ -184,8 +210,9 @@ def evaluate(args) -> dict:
 
     # image2text on rendered held-out images: the most likely caption (--caption-top-k 1)
     # scores the target; one caption sampled like the images is reported beside it
-    (results["image2text"], results["image2text_sampled"],
-     results["image2text_examples"]) = _image2text_rates(demo, scenes, args.caption_top_k, sampled=True)
+    (results["image2text"], results["image2text_sampled"], results["image2text_examples"]) = _image2text_rates(
+        demo, scenes, args.caption_top_k, sampled=True
+    )
     # what image2text.sh prints first: 8 sampled captions ranked as --caption-rerank(-weight) say
     results["image2text_ranked"] = _ranked_caption_rates(demo, scenes, RANKED_CAPTIONS)
 
@@ -205,10 +232,13 @@ def evaluate(args) -> dict:
             rand.append(float(np.mean(ok)))
             best_flags[kind].append(flags[int(np.argmax(sc))])
             all_flags[kind].extend(flags)  # a random pick's expected rates
-    results["post_selection"] = {"prompts": len(best), "best_of_8_all_right": round(100 * np.mean(best), 1),
-                                 "random_pick_all_right": round(100 * np.mean(rand), 1),
-                                 "best_of_8": {k: _rate(v) for k, v in best_flags.items()},
-                                 "random_pick": {k: _rate(v) for k, v in all_flags.items()}}
+    results["post_selection"] = {
+        "prompts": len(best),
+        "best_of_8_all_right": round(100 * np.mean(best), 1),
+        "random_pick_all_right": round(100 * np.mean(rand), 1),
+        "best_of_8": {k: _rate(v) for k, v in best_flags.items()},
+        "random_pick": {k: _rate(v) for k, v in all_flags.items()},
+    }
 
     # the same on training-split scenes (every (colour, shape) pair seen in training): the gap
     # to the held-out numbers is what generalising to unseen pairs costs
@@ -216,8 +246,12 @@ def evaluate(args) -> dict:
         seen = evaluation_scenes(args.train_prompts, args.seed, split="train")
         t2i, _ = _text2image_rates(demo, seen)
         i2t, _, _ = _image2text_rates(demo, seen, args.caption_top_k, sampled=False)
-        results["training_split"] = {"prompts_per_kind": args.train_prompts, "text2image": t2i,
-                                     "image2text": i2t, "vqvae_ceiling": _vqvae_ceiling(demo, seen)}
+        results["training_split"] = {
+            "prompts_per_kind": args.train_prompts,
+            "text2image": t2i,
+            "image2text": i2t,
+            "vqvae_ceiling": _vqvae_ceiling(demo, seen),
+        }
 
     if args.sr_model and args.sr_images > 0:  # --sr-images 0 skips super-resolution
         results["super_resolution"] = evaluate_super_resolution(args, scenes)
@@ -249,8 +283,9 @@ def _text2image_rates(demo: Demo, scenes: Dict[str, List[Scene]]) -> Tuple[dict,
     return {k: _rate(v) for k, v in flags.items()}, round(seconds / max(images, 1), 3)
 
 
-def _image2text_rates(demo: Demo, scenes: Dict[str, List[Scene]], top_k: Optional[int],
-                      sampled: bool) -> Tuple[dict, dict, List[str]]:
+def _image2text_rates(
+    demo: Demo, scenes: Dict[str, List[Scene]], top_k: Optional[int], sampled: bool
+) -> Tuple[dict, dict, List[str]]:
     """Caption rates of rendered scenes: the caption at ``top_k`` (scored), optionally one
     sampled like the images (reported beside it), and the first few examples."""
     size = demo.gen.cfg.img_size
@@ -264,8 +299,7 @@ def _image2text_rates(demo: Demo, scenes: Dict[str, List[Scene]], top_k: Optiona
                 flags_sampled[kind].append(caption_flags(s, parse_caption(demo.caption(codes).rstrip(".。"))))
             if len(examples) < 6:
                 examples.append(f"{caption(s, 'en')} -> {text}")
-    return ({k: _rate(v) for k, v in flags.items()}, {k: _rate(v) for k, v in flags_sampled.items()},
-            examples)
+    return ({k: _rate(v) for k, v in flags.items()}, {k: _rate(v) for k, v in flags_sampled.items()}, examples)
 
 
 def _ranked_caption_rates(demo: Demo, scenes: Dict[str, List[Scene]], n: int) -> dict:
@@ -286,20 +320,23 @@ def evaluate_super_resolution(args, scenes: Dict[str, List[Scene]]) -> dict:
     (its img_size -> twice that); low-level super-resolution (half its img_size -> its
     img_size, the step after a 64 px text2image image) is measured the same way."""
     from generation.magnify import magnify, sr_window
+
     sr = Demo(args.sr_model, ["--temperature", "1.0", "--top_k", str(args.top_k), "--seed", str(args.seed)])
     t = sr.tok
     size = sr.gen.cfg.img_size
     ps_sr, ps_bic, ps_bic_codes, ps_vq, secs = [], [], [], [], 0.0
-    group = (scenes["one"][:args.sr_images // 2] + scenes["two"][:args.sr_images - args.sr_images // 2])
+    group = scenes["one"][: args.sr_images // 2] + scenes["two"][: args.sr_images - args.sr_images // 2]
     for i, s in enumerate(group):
         low_img, high = render(s, size), np.asarray(render(s, 2 * size))
         low = torch.tensor(sr.encode(low_img))
-        prefix = sr.gen.sr_text([t["[ROI1]"], *t(caption(s, LANGUAGES[i % 2])), t[size_token(sr.gen.grid)],
-                                 t["[BOI1]"]])
+        prefix = sr.gen.sr_text(
+            [t["[ROI1]"], *t(caption(s, LANGUAGES[i % 2])), t[size_token(sr.gen.grid)], t["[BOI1]"]]
+        )
         start = time.time()
         window, stride = sr_window(sr.gen.grid)  # as generate_samples.py's super-resolution
-        hi = magnify(low, prefix, lambda seq: sr.gen.sample(seq, batch_size=1), t.command_tokens,
-                     window=window, stride=stride)
+        hi = magnify(
+            low, prefix, lambda seq: sr.gen.sample(seq, batch_size=1), t.command_tokens, window=window, stride=stride
+        )
         secs += time.time() - start
         ps_sr.append(_psnr(sr.decode(hi[0]), high))
         side = high.shape[:2][::-1]
@@ -309,17 +346,21 @@ def evaluate_super_resolution(args, scenes: Dict[str, List[Scene]]) -> dict:
         ps_vq.append(_psnr(sr.decode(sr.encode(Image.fromarray(high))), high))
     low_level = _low_level_psnr(sr, group, size)
     return {
-        "low_res_size": size, "low_level": low_level,
-        "images": len(group), "psnr_magnify": round(float(np.mean(ps_sr)), 2),
+        "low_res_size": size,
+        "low_level": low_level,
+        "images": len(group),
+        "psnr_magnify": round(float(np.mean(ps_sr)), 2),
         "psnr_bicubic": round(float(np.mean(ps_bic)), 2),
         "psnr_bicubic_of_decoded_low_res_codes": round(float(np.mean(ps_bic_codes)), 2),
         "psnr_vqvae_reconstruction_of_high_res": round(float(np.mean(ps_vq)), 2),
-        "seconds_per_image": round(secs / len(group), 2)}
+        "seconds_per_image": round(secs / len(group), 2),
+    }
 
 
 def _low_level_psnr(sr: Demo, group: List[Scene], size: int) -> dict:
     """generate_samples.py's low-level super-resolution (size/2 px -> size px) vs bicubic."""
     import tempfile
+
     ps, ps_bic, secs = [], [], 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for i, s in enumerate(group):
@@ -332,8 +373,11 @@ def _low_level_psnr(sr: Demo, group: List[Scene], size: int) -> dict:
             secs += time.time() - start
             ps.append(_psnr(out, high))
             ps_bic.append(_psnr(np.asarray(low.resize((size, size), Image.BICUBIC)), high))
-    return {"psnr": round(float(np.mean(ps)), 2), "psnr_bicubic": round(float(np.mean(ps_bic)), 2),
-            "seconds_per_image": round(secs / len(group), 2)}
+    return {
+        "psnr": round(float(np.mean(ps)), 2),
+        "psnr_bicubic": round(float(np.mean(ps_bic)), 2),
+        "seconds_per_image": round(secs / len(group), 2),
+    }
 
 
 def _guidance_words(scales: Dict[str, float], top_k: Dict[str, int]) -> str:
@@ -354,8 +398,8 @@ def report(results: dict) -> str:
         "Chinese prompts alternate. Checker: demo/checker.py. Images sampled at "
         f"temperature {results['temperature']}, top-k {results['top_k']}; --guidance-scale "
         f"{_guidance_words(results.get('guidance_scale', {}), results.get('guidance_top_k', {}))}; a two-object "
-        "caption may name either object first (\"a blue circle below a red star\" is \"a red star "
-        "above a blue circle\").",
+        'caption may name either object first ("a blue circle below a red star" is "a red star '
+        'above a blue circle").',
         "",
         "| measure | target | result | VQ-VAE ceiling |",
         "|---|---|---|---|",
@@ -364,9 +408,13 @@ def report(results: dict) -> str:
         lines.append(f"| text2image one object: {key} | >= {target}% | {t2i['one'][key]}% | {ceil['one'][key]}% |")
     lines.append(f"| text2image one object: size (no target) | - | {t2i['one']['size']}% | {ceil['one']['size']}% |")
     both = "colours and relation"
-    lines.append(f"| text2image two objects: {both} | >= 70% | {t2i['two']['colours_and_relation']}% "
-                 f"| {ceil['two']['colours_and_relation']}% |")
-    lines.append(f"| text2image two objects: shapes too (no target) | - | {t2i['two']['all']}% | {ceil['two']['all']}% |")
+    lines.append(
+        f"| text2image two objects: {both} | >= 70% | {t2i['two']['colours_and_relation']}% "
+        f"| {ceil['two']['colours_and_relation']}% |"
+    )
+    lines.append(
+        f"| text2image two objects: shapes too (no target) | - | {t2i['two']['all']}% | {ceil['two']['all']}% |"
+    )
     i2s, k = results["image2text_sampled"], results["caption_top_k"]
     how = "the most likely caption (top-k 1)" if k == 1 else f"top-k {k}"
     lines.append(f"| image2text: every attribute, one object, {how} | >= 90% | {i2t['one']['all']}% | - |")
@@ -376,57 +424,88 @@ def report(results: dict) -> str:
         score = "log p(image given caption)" + (f" + {weight:g} log p(caption given image)" if weight else "")
         for kind, words in (("one", "one object"), ("two", "two objects")):
             part = "shape" if kind == "one" else "shapes"
-            lines.append(f"| image2text: every attribute, {words}, the best of {RANKED_CAPTIONS} sampled "
-                         f"captions by {score} (`--caption-rerank`: image2text.sh's "
-                         f"first caption) | >= 90% | {rk[kind]['all']}% ({part} {rk[kind][part]}%) | - |")
-    lines.append(f"| image2text: every attribute, one / two objects, a sampled caption (temperature "
-                 f"{results['temperature']}, top-k {results['top_k']}; no target) | - | "
-                 f"{i2s['one']['all']}% / {i2s['two']['all']}% | - |")
-    for kind, keys in (("one", ("parsed", "background", "colour", "shape", "position", "size")),
-                       ("two", ("parsed", "background", "colours", "shapes", "relation"))):
+            lines.append(
+                f"| image2text: every attribute, {words}, the best of {RANKED_CAPTIONS} sampled "
+                f"captions by {score} (`--caption-rerank`: image2text.sh's "
+                f"first caption) | >= 90% | {rk[kind]['all']}% ({part} {rk[kind][part]}%) | - |"
+            )
+    lines.append(
+        f"| image2text: every attribute, one / two objects, a sampled caption (temperature "
+        f"{results['temperature']}, top-k {results['top_k']}; no target) | - | "
+        f"{i2s['one']['all']}% / {i2s['two']['all']}% | - |"
+    )
+    for kind, keys in (
+        ("one", ("parsed", "background", "colour", "shape", "position", "size")),
+        ("two", ("parsed", "background", "colours", "shapes", "relation")),
+    ):
         parts = ", ".join(f"{k} {i2t[kind][k]}%" for k in keys)
-        lines.append(f"| image2text {kind} object{'s' if kind == 'two' else ''}, per attribute (no target) "
-                     f"| - | {parts} | - |")
-    lines.append(f"| post-selection: all right, best of 8 vs random pick | +5 points | "
-                 f"{ps['best_of_8_all_right']}% vs {ps['random_pick_all_right']}% "
-                 f"({ps['best_of_8_all_right'] - ps['random_pick_all_right']:+.1f}) | - |")
+        lines.append(
+            f"| image2text {kind} object{'s' if kind == 'two' else ''}, per attribute (no target) | - | {parts} | - |"
+        )
+    lines.append(
+        f"| post-selection: all right, best of 8 vs random pick | +5 points | "
+        f"{ps['best_of_8_all_right']}% vs {ps['random_pick_all_right']}% "
+        f"({ps['best_of_8_all_right'] - ps['random_pick_all_right']:+.1f}) | - |"
+    )
     if "best_of_8" in ps:
         b, r = ps["best_of_8"], ps["random_pick"]
         one = ", ".join(f"{k} {b['one'][k]}% ({r['one'][k]}%)" for k in ("background", "colour", "position", "shape"))
-        lines.append(f"| post-selection per attribute, best of 8 (random pick in brackets; {ps['prompts'] // 2} "
-                     f"+ {ps['prompts'] // 2} prompts, no target) | - | one object {one}; two objects colours and "
-                     f"relation {b['two']['colours_and_relation']}% ({r['two']['colours_and_relation']}%), "
-                     f"shapes too {b['two']['all']}% ({r['two']['all']}%) | - |")
+        lines.append(
+            f"| post-selection per attribute, best of 8 (random pick in brackets; {ps['prompts'] // 2} "
+            f"+ {ps['prompts'] // 2} prompts, no target) | - | one object {one}; two objects colours and "
+            f"relation {b['two']['colours_and_relation']}% ({r['two']['colours_and_relation']}%), "
+            f"shapes too {b['two']['all']}% ({r['two']['all']}%) | - |"
+        )
     if "super_resolution" in results:
         sr = results["super_resolution"]
-        lines.append(f"| super-resolution PSNR ({sr['images']} images, {sr['low_res_size']} -> "
-                     f"{2 * sr['low_res_size']} px): magnify vs bicubic of the decoded "
-                     f"low-res codes (the same input) | above bicubic | {sr['psnr_magnify']} dB vs "
-                     f"{sr['psnr_bicubic_of_decoded_low_res_codes']} dB | "
-                     f"{sr['psnr_vqvae_reconstruction_of_high_res']} dB |")
-        lines.append(f"| super-resolution PSNR: magnify vs bicubic of the true low-res render | above bicubic | "
-                     f"{sr['psnr_magnify']} dB vs {sr['psnr_bicubic']} dB | "
-                     f"{sr['psnr_vqvae_reconstruction_of_high_res']} dB |")
+        lines.append(
+            f"| super-resolution PSNR ({sr['images']} images, {sr['low_res_size']} -> "
+            f"{2 * sr['low_res_size']} px): magnify vs bicubic of the decoded "
+            f"low-res codes (the same input) | above bicubic | {sr['psnr_magnify']} dB vs "
+            f"{sr['psnr_bicubic_of_decoded_low_res_codes']} dB | "
+            f"{sr['psnr_vqvae_reconstruction_of_high_res']} dB |"
+        )
+        lines.append(
+            f"| super-resolution PSNR: magnify vs bicubic of the true low-res render | above bicubic | "
+            f"{sr['psnr_magnify']} dB vs {sr['psnr_bicubic']} dB | "
+            f"{sr['psnr_vqvae_reconstruction_of_high_res']} dB |"
+        )
         ll, half = sr["low_level"], sr["low_res_size"] // 2
-        lines.append(f"| low-level super-resolution PSNR ({half} -> {2 * half} px) vs bicubic of the "
-                     f"true {half} px render (no target) | - | {ll['psnr']} dB vs {ll['psnr_bicubic']} dB | - |")
+        lines.append(
+            f"| low-level super-resolution PSNR ({half} -> {2 * half} px) vs bicubic of the "
+            f"true {half} px render (no target) | - | {ll['psnr']} dB vs {ll['psnr_bicubic']} dB | - |"
+        )
     if "training_split" in results:
         tr = results["training_split"]
         tc = tr["vqvae_ceiling"]
-        t1, t2, c1, c2 = tr["text2image"]["one"], tr["text2image"]["two"], tr["image2text"]["one"], tr["image2text"]["two"]
-        lines.append(f"| the same on {tr['prompts_per_kind']} + {tr['prompts_per_kind']} training-split "
-                     f"scenes (pairs seen in training; no target): text2image one object background / "
-                     f"colour / position / shape | - | {t1['background']}% / {t1['colour']}% / "
-                     f"{t1['position']}% / {t1['shape']}% | shape {tc['one']['shape']}% |")
-        lines.append(f"| training-split text2image two objects: colours and relation (no target) | - | "
-                     f"{t2['colours_and_relation']}% | {tc['two']['colours_and_relation']}% |")
-        lines.append(f"| training-split image2text: every attribute, one / two objects, {how} (no target) "
-                     f"| - | {c1['all']}% / {c2['all']}% | - |")
-    lines.append(f"| text2image time per image (2 CPU cores, batch 1) | recorded | "
-                 f"{results['text2image_seconds_per_image']} s | - |")
+        t1, t2, c1, c2 = (
+            tr["text2image"]["one"],
+            tr["text2image"]["two"],
+            tr["image2text"]["one"],
+            tr["image2text"]["two"],
+        )
+        lines.append(
+            f"| the same on {tr['prompts_per_kind']} + {tr['prompts_per_kind']} training-split "
+            f"scenes (pairs seen in training; no target): text2image one object background / "
+            f"colour / position / shape | - | {t1['background']}% / {t1['colour']}% / "
+            f"{t1['position']}% / {t1['shape']}% | shape {tc['one']['shape']}% |"
+        )
+        lines.append(
+            f"| training-split text2image two objects: colours and relation (no target) | - | "
+            f"{t2['colours_and_relation']}% | {tc['two']['colours_and_relation']}% |"
+        )
+        lines.append(
+            f"| training-split image2text: every attribute, one / two objects, {how} (no target) "
+            f"| - | {c1['all']}% / {c2['all']}% | - |"
+        )
+    lines.append(
+        f"| text2image time per image (2 CPU cores, batch 1) | recorded | "
+        f"{results['text2image_seconds_per_image']} s | - |"
+    )
     if "super_resolution" in results:
-        lines.append(f"| super-resolution time per image | recorded | "
-                     f"{results['super_resolution']['seconds_per_image']} s | - |")
+        lines.append(
+            f"| super-resolution time per image | recorded | {results['super_resolution']['seconds_per_image']} s | - |"
+        )
     lines += ["", "Caption examples (truth -> generated):", ""]
     lines += [f"- {e}" for e in results["image2text_examples"]]
     return "\n".join(lines)
@@ -450,39 +529,69 @@ def write_picture(model: str, prompts_file: str, out: str, per_prompt: int = 4, 
 
 def main(argv=None) -> int:
     from training.export_release import task_scale, task_top_k
+
     p = argparse.ArgumentParser(prog="python -m demo.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=os.path.join(ROOT, "pretrained/cogview/cogview-demo"))
     p.add_argument("--sr-model", default=os.path.join(ROOT, "pretrained/cogview/cogview-demo-sr"))
     p.add_argument("--prompts", type=int, default=100, help="held-out prompts per kind (one/two objects)")
-    p.add_argument("--train-prompts", type=int, default=100,
-                   help="training-split prompts/images per kind scored the same way, no target: the "
-                        "generalisation gap (0 skips them)")
-    p.add_argument("--sr-images", type=int, default=20, help="held-out images for the super-resolution PSNR (0 skips it)")
+    p.add_argument(
+        "--train-prompts",
+        type=int,
+        default=100,
+        help="training-split prompts/images per kind scored the same way, no target: the "
+        "generalisation gap (0 skips them)",
+    )
+    p.add_argument(
+        "--sr-images", type=int, default=20, help="held-out images for the super-resolution PSNR (0 skips it)"
+    )
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top_k", type=int, default=20)
-    p.add_argument("--caption-top-k", type=int, default=1,
-                   help="top-k of the scored image2text captions (1: the most likely caption)")
-    p.add_argument("--guidance", action="append", default=[], metavar="TASK=S", type=task_scale,
-                   help="--guidance-scale for text2image or image2text instead of the checkpoint's "
-                        "(repeatable; 0 = off)")
-    p.add_argument("--guidance-top-k", action="append", default=[], metavar="TASK=K", type=task_top_k,
-                   help="--guidance-top-k for text2image or image2text instead of the checkpoint's "
-                        "(repeatable; 0 = every token)")
-    p.add_argument("--caption-rerank-weight", type=float, metavar="W",
-                   help="--caption-rerank-weight of the ranked captions instead of the checkpoint's")
+    p.add_argument(
+        "--caption-top-k",
+        type=int,
+        default=1,
+        help="top-k of the scored image2text captions (1: the most likely caption)",
+    )
+    p.add_argument(
+        "--guidance",
+        action="append",
+        default=[],
+        metavar="TASK=S",
+        type=task_scale,
+        help="--guidance-scale for text2image or image2text instead of the checkpoint's (repeatable; 0 = off)",
+    )
+    p.add_argument(
+        "--guidance-top-k",
+        action="append",
+        default=[],
+        metavar="TASK=K",
+        type=task_top_k,
+        help="--guidance-top-k for text2image or image2text instead of the checkpoint's (repeatable; 0 = every token)",
+    )
+    p.add_argument(
+        "--caption-rerank-weight",
+        type=float,
+        metavar="W",
+        help="--caption-rerank-weight of the ranked captions instead of the checkpoint's",
+    )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", help="also write the numbers to this file")
     p.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
-    p.add_argument("--picture", metavar="PNG",
-                   help="only write a grid of 4 samples per input.txt prompt to PNG (the README picture)")
+    p.add_argument(
+        "--picture",
+        metavar="PNG",
+        help="only write a grid of 4 samples per input.txt prompt to PNG (the README picture)",
+    )
     a = p.parse_args(argv)
     if a.picture:
         write_picture(a.model, os.path.join(ROOT, "input.txt"), a.picture, seed=a.seed)
         return 0
     for path in (a.model, a.sr_model):
         if path and not os.path.isdir(path):
-            print(f"eval_demo: error: {path}: no such checkpoint folder; run ./scripts/train_demo.sh first",
-                  file=sys.stderr)
+            print(
+                f"eval_demo: error: {path}: no such checkpoint folder; run ./scripts/train_demo.sh first",
+                file=sys.stderr,
+            )
             return 1
     start = time.time()
     results = evaluate(a)
@@ -495,6 +604,7 @@ def main(argv=None) -> int:
     print(text)
     if a.write_results:
         from bench.results import write_section
+
         write_section("Demo model evaluation (scripts/eval_demo.sh)", text)
     return 0
 

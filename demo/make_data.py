@@ -15,6 +15,7 @@ Every step is deterministic in --seed and only uses training-split scenes (held-
 prompts and their rendered images. Output LMDBs are written to ``<out>.tmp`` and renamed
 when complete, so an interrupted step is simply run again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from demo.shapes import (Scene, all_scenes, caption, render, render_array, sample_scenes)
+from demo.shapes import Scene, all_scenes, caption, render, render_array, sample_scenes
 
 LANGUAGES = ("en", "zh")
 VQVAE_CROP = 64
@@ -46,6 +47,7 @@ def write_lmdb(out: str, values: Iterable[bytes], commit_every: int = 5000) -> i
     """Store values under keys "0", "1", ... plus "length" in a new LMDB at ``out``: written to
     ``<out>.tmp`` and renamed when complete, so an interrupted step leaves no partial LMDB."""
     import lmdb
+
     tmp = out.rstrip("/") + ".tmp"
     os.makedirs(os.path.dirname(os.path.abspath(tmp)), exist_ok=True)  # e.g. a new DEMO_DIR
     shutil.rmtree(tmp, ignore_errors=True)
@@ -85,17 +87,28 @@ def train_tokenizer(captions_path: str, out_prefix: str, vocab_size: int) -> str
     Chinese has no spaces, so plain BPE merges across words ("一个青色心形在一个") and ties
     colour to shape in one piece, which a held-out colour/shape pair would never have seen.
     """
-    from demo.shapes import ZH_COLOURS, ZH_POSITIONS, ZH_RELATIONS, ZH_SHAPES, ZH_SIZES
     from data_utils.sp_tokenizer import train_text_tokenizer
-    words = sorted({w for d in (ZH_COLOURS, ZH_SHAPES, ZH_SIZES, ZH_RELATIONS) for w in d.values()}
-                   | {w[1:] for w in ZH_POSITIONS.values()}, key=lambda w: (-len(w), w))
+    from demo.shapes import ZH_COLOURS, ZH_POSITIONS, ZH_RELATIONS, ZH_SHAPES, ZH_SIZES
+
+    words = sorted(
+        {w for d in (ZH_COLOURS, ZH_SHAPES, ZH_SIZES, ZH_RELATIONS) for w in d.values()}
+        | {w[1:] for w in ZH_POSITIONS.values()},
+        key=lambda w: (-len(w), w),
+    )
     os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
-    return train_text_tokenizer(captions_path, out_prefix, vocab_size, model_type="bpe",
-                                character_coverage=1.0, user_defined_symbols=["<n>", ".", "。", *words])
+    return train_text_tokenizer(
+        captions_path,
+        out_prefix,
+        vocab_size,
+        model_type="bpe",
+        character_coverage=1.0,
+        user_defined_symbols=["<n>", ".", "。", *words],
+    )
 
 
-def write_vqvae_images(out: str, num: int, seed: int, img_size: int,
-                       whole_size: Optional[int] = None, whole_only: bool = False) -> int:
+def write_vqvae_images(
+    out: str, num: int, seed: int, img_size: int, whole_size: Optional[int] = None, whole_only: bool = False
+) -> int:
     """PNG crops for VQ-VAE training: random 64 px crops of scenes rendered at img_size
     (2 in 3) and at twice img_size (1 in 3, what the super-resolution model's output is
     encoded at). The VQ-VAE is convolutional, so it trains on crops and encodes any size.
@@ -127,6 +140,7 @@ class _Encoder:
 
     def __init__(self, vqvae_path: str, device: str):
         from vqvae import load_model
+
         self.model = load_model(vqvae_path, device=device).eval()
         self.device = device
         self.cache: Dict[tuple, np.ndarray] = {}
@@ -135,8 +149,9 @@ class _Encoder:
     def encode(self, scenes: Sequence[Scene], size: int, batch: int = 256) -> List[np.ndarray]:
         todo = sorted({s for s in scenes if (s, size) not in self.cache}, key=lambda s: str(s))
         for k in tqdm(range(0, len(todo), batch), desc=f"encoding {size}px scenes", mininterval=5):
-            chunk = todo[k:k + batch]
+            chunk = todo[k : k + batch]
             from vqvae import img2code, normalize
+
             x = torch.from_numpy(np.stack([render_array(s, size) for s in chunk]))
             x = normalize(x.permute(0, 3, 1, 2).float().div(255)).to(self.device)
             codes = img2code(self.model, x)
@@ -148,6 +163,7 @@ class _Encoder:
 
 def _tokenizer(vqvae_path: str, txt_tokenizer_path: str):
     from data_utils.unified_tokenizer import UnifiedTokenizer
+
     return UnifiedTokenizer(img_tokenizer_path=vqvae_path, txt_tokenizer_path=txt_tokenizer_path)
 
 
@@ -162,20 +178,31 @@ def gpt_rows(tok, scene_codes: np.ndarray, text: str, direction: str) -> np.ndar
     A caption ends with a full stop ("." or "。"): the sampler only allows plain text after
     an image, so the end of a caption has to be a text piece (image2text cuts there)."""
     from data_utils.templates import TextCodeTemplate
+
     codes = np.asarray(scene_codes, dtype=np.int64)
     if direction == "text2image":
         ids = TextCodeTemplate(text, codes, tokenizer=tok)
     else:
-        ids = np.concatenate([np.asarray(tok.wrap_code(codes), dtype=np.int64),
-                              [tok["[ROI1]"]], tok(with_end_mark(text))])
+        ids = np.concatenate(
+            [np.asarray(tok.wrap_code(codes), dtype=np.int64), [tok["[ROI1]"]], tok(with_end_mark(text))]
+        )
     return np.asarray(ids, dtype=np.int32)
 
 
-def write_gpt_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
-                   txt_tokenizer_path: str, device: str, image2text_fraction: float = 0.35) -> int:
+def write_gpt_lmdb(
+    out: str,
+    num: int,
+    seed: int,
+    img_size: int,
+    vqvae: str,
+    txt_tokenizer_path: str,
+    device: str,
+    image2text_fraction: float = 0.35,
+) -> int:
     """TokenizedDataset rows: text->image, and image->text with the given probability
     (captioning is the easier direction: it needs fewer samples); English or Chinese."""
     from data_utils.row_format import encode_row
+
     tok = _tokenizer(vqvae, txt_tokenizer_path)
     scenes = sample_scenes(num, seed)
     codes = _Encoder(vqvae, device).encode(scenes, img_size)
@@ -190,9 +217,18 @@ def write_gpt_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
     return write_lmdb(out, rows())
 
 
-def write_sr_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
-                  txt_tokenizer_path: str, device: str, windows_per_scene: int = 3,
-                  text_length: int = 0, low_level_fraction: float = 0.0) -> int:
+def write_sr_lmdb(
+    out: str,
+    num: int,
+    seed: int,
+    img_size: int,
+    vqvae: str,
+    txt_tokenizer_path: str,
+    device: str,
+    windows_per_scene: int = 3,
+    text_length: int = 0,
+    low_level_fraction: float = 0.0,
+) -> int:
     """Super-resolution rows (preprocess.rows.sr_row: what generation.magnify feeds the model):
     ``windows_per_scene`` different random windows of each scene encoded at img_size, each with
     its block of the scene encoded at twice the size (encoding at twice the size is the
@@ -205,6 +241,7 @@ def write_sr_lmdb(out: str, num: int, seed: int, img_size: int, vqvae: str,
     caption to that many tokens (the model's --sr-text-length)."""
     from data_utils.row_format import encode_row
     from preprocess.rows import low_level_sr_row, sr_layout, sr_positions, sr_row
+
     tok = _tokenizer(vqvae, txt_tokenizer_path)
     scenes = sample_scenes(-(-num // windows_per_scene), seed + 2)
     enc = _Encoder(vqvae, device)
@@ -263,6 +300,7 @@ EXAMPLES = (  # (file name, caption): held-out scenes, so the demo model never s
 def write_examples(out: str, img_size: int) -> int:
     """The example images the input files of the generation scripts point at."""
     from demo.shapes import parse_caption
+
     os.makedirs(out, exist_ok=True)
     for name, text in EXAMPLES:
         render(parse_caption(text), img_size).save(os.path.join(out, f"{name}.png"))
@@ -270,27 +308,39 @@ def write_examples(out: str, img_size: int) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m demo.make_data",
-                                description="Build the shapes-grammar data for the demo model.")
+    p = argparse.ArgumentParser(
+        prog="python -m demo.make_data", description="Build the shapes-grammar data for the demo model."
+    )
     p.add_argument("step", choices=["captions", "tokenizer", "vqvae-images", "gpt", "sr", "held-out", "examples"])
     p.add_argument("--out", required=True)
     p.add_argument("--num", type=int, default=100000, help="rows / images to write")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--img-size", type=int, default=128, help="base image side in pixels")
-    p.add_argument("--whole-size", type=int,
-                   help="vqvae-images: 1 in 3 images a whole render of this side (the decoder's data)")
-    p.add_argument("--whole-only", action="store_true",
-                   help="vqvae-images: every image a whole render (of --whole-size, else --img-size)")
+    p.add_argument(
+        "--whole-size", type=int, help="vqvae-images: 1 in 3 images a whole render of this side (the decoder's data)"
+    )
+    p.add_argument(
+        "--whole-only",
+        action="store_true",
+        help="vqvae-images: every image a whole render (of --whole-size, else --img-size)",
+    )
     p.add_argument("--vqvae", help="VQ-VAE checkpoint (gpt, sr)")
     p.add_argument("--txt-tokenizer-path", help="sentencepiece model (gpt, sr)")
     p.add_argument("--captions", help="caption file (tokenizer)")
     p.add_argument("--image2text-fraction", type=float, default=0.35, help="share of caption rows (gpt)")
     p.add_argument("--vocab-size", type=int, default=320, help="tokenizer pieces (tokenizer)")
-    p.add_argument("--sr-text-length", type=int, default=0,
-                   help="pad super-resolution captions to this many tokens (sr; the model's --sr-text-length)")
-    p.add_argument("--low-level-fraction", type=float, default=0.0,
-                   help="sr: share of rows that are whole-image low-level super-resolution rows "
-                        "(half --img-size -> --img-size)")
+    p.add_argument(
+        "--sr-text-length",
+        type=int,
+        default=0,
+        help="pad super-resolution captions to this many tokens (sr; the model's --sr-text-length)",
+    )
+    p.add_argument(
+        "--low-level-fraction",
+        type=float,
+        default=0.0,
+        help="sr: share of rows that are whole-image low-level super-resolution rows (half --img-size -> --img-size)",
+    )
     p.add_argument("--per-kind", type=int, default=100, help="held-out prompts per kind")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)
@@ -303,11 +353,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif a.step == "vqvae-images":
         n = write_vqvae_images(a.out, a.num, a.seed, a.img_size, a.whole_size, a.whole_only)
     elif a.step == "gpt":
-        n = write_gpt_lmdb(a.out, a.num, a.seed, a.img_size, a.vqvae, a.txt_tokenizer_path, a.device,
-                           a.image2text_fraction)
+        n = write_gpt_lmdb(
+            a.out, a.num, a.seed, a.img_size, a.vqvae, a.txt_tokenizer_path, a.device, a.image2text_fraction
+        )
     elif a.step == "sr":
-        n = write_sr_lmdb(a.out, a.num, a.seed, a.img_size, a.vqvae, a.txt_tokenizer_path, a.device,
-                          text_length=a.sr_text_length, low_level_fraction=a.low_level_fraction)
+        n = write_sr_lmdb(
+            a.out,
+            a.num,
+            a.seed,
+            a.img_size,
+            a.vqvae,
+            a.txt_tokenizer_path,
+            a.device,
+            text_length=a.sr_text_length,
+            low_level_fraction=a.low_level_fraction,
+        )
     elif a.step == "examples":
         n = write_examples(a.out, a.img_size)
     else:

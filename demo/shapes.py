@@ -9,6 +9,7 @@ Held-out split: every scene containing one of the ``HELD_OUT_PAIRS`` (colour, sh
 objects is never trained on; the demo evaluation draws its prompts from those scenes, so
 it measures composition ("red" and "star" were seen, a red star never was).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -23,50 +24,101 @@ from PIL import Image, ImageDraw
 
 RGB = Tuple[int, int, int]
 
-BACKGROUNDS: Dict[str, RGB] = {"white": (250, 250, 250), "black": (20, 20, 20),
-                               "gray": (128, 128, 128)}
+BACKGROUNDS: Dict[str, RGB] = {"white": (250, 250, 250), "black": (20, 20, 20), "gray": (128, 128, 128)}
 COLOURS: Dict[str, RGB] = {
-    "red": (220, 30, 30), "orange": (245, 140, 20), "yellow": (240, 220, 20),
-    "green": (30, 170, 40), "cyan": (20, 200, 220), "blue": (30, 60, 220),
-    "purple": (140, 40, 200), "pink": (250, 120, 190), "black": (20, 20, 20),
-    "white": (250, 250, 250)}
-SHAPES: Tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond", "heart",
-                           "hexagon", "cross")
+    "red": (220, 30, 30),
+    "orange": (245, 140, 20),
+    "yellow": (240, 220, 20),
+    "green": (30, 170, 40),
+    "cyan": (20, 200, 220),
+    "blue": (30, 60, 220),
+    "purple": (140, 40, 200),
+    "pink": (250, 120, 190),
+    "black": (20, 20, 20),
+    "white": (250, 250, 250),
+}
+SHAPES: Tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond", "heart", "hexagon", "cross")
 SIZES: Dict[str, float] = {"small": 0.30, "medium": 0.40, "large": 0.56}
 ANCHORS = (0.27, 0.50, 0.73)
 POSITIONS: Dict[str, Tuple[float, float]] = {  # name -> (x, y) as fractions of the side
-    "in the center": (0.50, 0.50), "at the top": (0.50, 0.27), "at the bottom": (0.50, 0.73),
-    "on the left": (0.27, 0.50), "on the right": (0.73, 0.50),
-    "in the top left corner": (0.27, 0.27), "in the top right corner": (0.73, 0.27),
-    "in the bottom left corner": (0.27, 0.73), "in the bottom right corner": (0.73, 0.73)}
+    "in the center": (0.50, 0.50),
+    "at the top": (0.50, 0.27),
+    "at the bottom": (0.50, 0.73),
+    "on the left": (0.27, 0.50),
+    "on the right": (0.73, 0.50),
+    "in the top left corner": (0.27, 0.27),
+    "in the top right corner": (0.73, 0.27),
+    "in the bottom left corner": (0.27, 0.73),
+    "in the bottom right corner": (0.73, 0.73),
+}
 RELATIONS: Dict[str, Tuple[Tuple[float, float], Tuple[float, float]]] = {
     # relation -> centre of the first object, centre of the second
-    "above": ((0.50, 0.27), (0.50, 0.73)), "below": ((0.50, 0.73), (0.50, 0.27)),
+    "above": ((0.50, 0.27), (0.50, 0.73)),
+    "below": ((0.50, 0.73), (0.50, 0.27)),
     "to the left of": ((0.27, 0.50), (0.73, 0.50)),
-    "to the right of": ((0.73, 0.50), (0.27, 0.50))}
+    "to the right of": ((0.73, 0.50), (0.27, 0.50)),
+}
 # "a red star above a blue circle" and "a blue circle below a red star" are the same picture
-INVERSE_RELATIONS = {"above": "below", "below": "above",
-                     "to the left of": "to the right of", "to the right of": "to the left of"}
+INVERSE_RELATIONS = {
+    "above": "below",
+    "below": "above",
+    "to the left of": "to the right of",
+    "to the right of": "to the left of",
+}
 PAIR_DIAMETER = 0.36
 
 ZH_BACKGROUNDS = {"white": "白色", "black": "黑色", "gray": "灰色"}
-ZH_COLOURS = {"red": "红色", "orange": "橙色", "yellow": "黄色", "green": "绿色", "cyan": "青色",
-              "blue": "蓝色", "purple": "紫色", "pink": "粉色", "black": "黑色", "white": "白色"}
-ZH_SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形", "star": "星形",
-             "diamond": "菱形", "heart": "心形", "hexagon": "六边形", "cross": "十字形"}
+ZH_COLOURS = {
+    "red": "红色",
+    "orange": "橙色",
+    "yellow": "黄色",
+    "green": "绿色",
+    "cyan": "青色",
+    "blue": "蓝色",
+    "purple": "紫色",
+    "pink": "粉色",
+    "black": "黑色",
+    "white": "白色",
+}
+ZH_SHAPES = {
+    "circle": "圆形",
+    "square": "正方形",
+    "triangle": "三角形",
+    "star": "星形",
+    "diamond": "菱形",
+    "heart": "心形",
+    "hexagon": "六边形",
+    "cross": "十字形",
+}
 ZH_SIZES = {"small": "小的", "medium": "中等大小的", "large": "大的"}
-ZH_POSITIONS = {"in the center": "在中间", "at the top": "在上方", "at the bottom": "在下方",
-                "on the left": "在左边", "on the right": "在右边",
-                "in the top left corner": "在左上角", "in the top right corner": "在右上角",
-                "in the bottom left corner": "在左下角", "in the bottom right corner": "在右下角"}
-ZH_RELATIONS = {"above": "上方", "below": "下方", "to the left of": "左边",
-                "to the right of": "右边"}
+ZH_POSITIONS = {
+    "in the center": "在中间",
+    "at the top": "在上方",
+    "at the bottom": "在下方",
+    "on the left": "在左边",
+    "on the right": "在右边",
+    "in the top left corner": "在左上角",
+    "in the top right corner": "在右上角",
+    "in the bottom left corner": "在左下角",
+    "in the bottom right corner": "在右下角",
+}
+ZH_RELATIONS = {"above": "上方", "below": "下方", "to the left of": "左边", "to the right of": "右边"}
 
 # one (colour, shape) per colour and every shape at least once: never in training data
-HELD_OUT_PAIRS = frozenset({
-    ("red", "star"), ("orange", "hexagon"), ("yellow", "heart"), ("green", "triangle"),
-    ("cyan", "cross"), ("blue", "diamond"), ("purple", "circle"), ("pink", "square"),
-    ("black", "heart"), ("white", "star")})
+HELD_OUT_PAIRS = frozenset(
+    {
+        ("red", "star"),
+        ("orange", "hexagon"),
+        ("yellow", "heart"),
+        ("green", "triangle"),
+        ("cyan", "cross"),
+        ("blue", "diamond"),
+        ("purple", "circle"),
+        ("pink", "square"),
+        ("black", "heart"),
+        ("white", "star"),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +130,7 @@ class Obj:
 @dataclass(frozen=True)
 class Scene:
     """One object (``size`` and ``position`` set) or two (``relation`` and ``second`` set)."""
+
     background: str
     first: Obj
     size: Optional[str] = None
@@ -98,8 +151,7 @@ class Scene:
         one-object scene is returned as it is)."""
         if self.second is None:
             return self
-        return Scene(self.background, self.second, relation=INVERSE_RELATIONS[self.relation],
-                     second=self.first)
+        return Scene(self.background, self.second, relation=INVERSE_RELATIONS[self.relation], second=self.first)
 
     def layout(self) -> List[Tuple[Obj, float, float, float]]:
         """(object, centre x, centre y, diameter) as fractions of the image side."""
@@ -120,19 +172,21 @@ def caption_en(scene: Scene) -> str:
     if scene.second is None:
         return f"{_article(scene.size)} {scene.size} {o.colour} {o.shape} {scene.position} {bg}"
     p = scene.second
-    return (f"{_article(o.colour)} {o.colour} {o.shape} {scene.relation} "
-            f"{_article(p.colour)} {p.colour} {p.shape} {bg}")
+    return f"{_article(o.colour)} {o.colour} {o.shape} {scene.relation} {_article(p.colour)} {p.colour} {p.shape} {bg}"
 
 
 def caption_zh(scene: Scene) -> str:
     head = f"{ZH_BACKGROUNDS[scene.background]}背景上，"
     o = scene.first
     if scene.second is None:
-        return (f"{head}一个{ZH_SIZES[scene.size]}{ZH_COLOURS[o.colour]}{ZH_SHAPES[o.shape]}"
-                f"{ZH_POSITIONS[scene.position]}")
+        return (
+            f"{head}一个{ZH_SIZES[scene.size]}{ZH_COLOURS[o.colour]}{ZH_SHAPES[o.shape]}{ZH_POSITIONS[scene.position]}"
+        )
     p = scene.second
-    return (f"{head}一个{ZH_COLOURS[o.colour]}{ZH_SHAPES[o.shape]}在一个"
-            f"{ZH_COLOURS[p.colour]}{ZH_SHAPES[p.shape]}的{ZH_RELATIONS[scene.relation]}")
+    return (
+        f"{head}一个{ZH_COLOURS[o.colour]}{ZH_SHAPES[o.shape]}在一个"
+        f"{ZH_COLOURS[p.colour]}{ZH_SHAPES[p.shape]}的{ZH_RELATIONS[scene.relation]}"
+    )
 
 
 def caption(scene: Scene, language: str = "en") -> str:
@@ -150,10 +204,12 @@ def _alt(words) -> str:
 
 _EN_ONE = re.compile(
     rf"^an? ({_alt(SIZES)}) ({_alt(COLOURS)}) ({_alt(SHAPES)}) ({_alt(POSITIONS)}) "
-    rf"on a ({_alt(BACKGROUNDS)}) background$")
+    rf"on a ({_alt(BACKGROUNDS)}) background$"
+)
 _EN_TWO = re.compile(
     rf"^an? ({_alt(COLOURS)}) ({_alt(SHAPES)}) ({_alt(RELATIONS)}) an? ({_alt(COLOURS)}) "
-    rf"({_alt(SHAPES)}) on a ({_alt(BACKGROUNDS)}) background$")
+    rf"({_alt(SHAPES)}) on a ({_alt(BACKGROUNDS)}) background$"
+)
 
 
 def _inv(d: Dict[str, str]) -> Dict[str, str]:
@@ -162,11 +218,13 @@ def _inv(d: Dict[str, str]) -> Dict[str, str]:
 
 _ZH_ONE = re.compile(
     rf"^({_alt(ZH_BACKGROUNDS.values())})背景上，一个({_alt(ZH_SIZES.values())})"
-    rf"({_alt(ZH_COLOURS.values())})({_alt(ZH_SHAPES.values())})({_alt(ZH_POSITIONS.values())})$")
+    rf"({_alt(ZH_COLOURS.values())})({_alt(ZH_SHAPES.values())})({_alt(ZH_POSITIONS.values())})$"
+)
 _ZH_TWO = re.compile(
     rf"^({_alt(ZH_BACKGROUNDS.values())})背景上，一个({_alt(ZH_COLOURS.values())})"
     rf"({_alt(ZH_SHAPES.values())})在一个({_alt(ZH_COLOURS.values())})"
-    rf"({_alt(ZH_SHAPES.values())})的({_alt(ZH_RELATIONS.values())})$")
+    rf"({_alt(ZH_SHAPES.values())})的({_alt(ZH_RELATIONS.values())})$"
+)
 
 
 def parse_caption(text: str) -> Optional[Scene]:
@@ -181,13 +239,20 @@ def parse_caption(text: str) -> Optional[Scene]:
         return Scene(bg, Obj(c0, s0), relation=rel, second=Obj(c1, s1))
     if m := _ZH_ONE.match(t_zh):
         bg, size, colour, shape, position = m.groups()
-        return Scene(_inv(ZH_BACKGROUNDS)[bg], Obj(_inv(ZH_COLOURS)[colour], _inv(ZH_SHAPES)[shape]),
-                     size=_inv(ZH_SIZES)[size], position=_inv(ZH_POSITIONS)[position])
+        return Scene(
+            _inv(ZH_BACKGROUNDS)[bg],
+            Obj(_inv(ZH_COLOURS)[colour], _inv(ZH_SHAPES)[shape]),
+            size=_inv(ZH_SIZES)[size],
+            position=_inv(ZH_POSITIONS)[position],
+        )
     if m := _ZH_TWO.match(t_zh):
         bg, c0, s0, c1, s1, rel = m.groups()
-        return Scene(_inv(ZH_BACKGROUNDS)[bg], Obj(_inv(ZH_COLOURS)[c0], _inv(ZH_SHAPES)[s0]),
-                     relation=_inv(ZH_RELATIONS)[rel],
-                     second=Obj(_inv(ZH_COLOURS)[c1], _inv(ZH_SHAPES)[s1]))
+        return Scene(
+            _inv(ZH_BACKGROUNDS)[bg],
+            Obj(_inv(ZH_COLOURS)[c0], _inv(ZH_SHAPES)[s0]),
+            relation=_inv(ZH_RELATIONS)[rel],
+            second=Obj(_inv(ZH_COLOURS)[c1], _inv(ZH_SHAPES)[s1]),
+        )
     return None
 
 
@@ -201,7 +266,7 @@ def one_object_scenes() -> Iterator[Scene]:
         if colour == bg:
             continue
         for size in SIZES:
-            for position in (["in the center"] if size == "large" else POSITIONS):
+            for position in ["in the center"] if size == "large" else POSITIONS:
                 yield Scene(bg, Obj(colour, shape), size=size, position=position)
 
 
@@ -222,8 +287,7 @@ def all_scenes(split: str = "train") -> List[Scene]:
     return [s for s in scenes if s.held_out == (split == "held-out")]
 
 
-def sample_scenes(num: int, seed: int, split: str = "train",
-                  one_object_fraction: float = 0.5) -> List[Scene]:
+def sample_scenes(num: int, seed: int, split: str = "train", one_object_fraction: float = 0.5) -> List[Scene]:
     """``num`` scenes drawn with replacement, one-object ones with the given probability
     (there are 13x fewer of them than two-object scenes); deterministic in ``seed``."""
     rng = random.Random(seed)
@@ -259,8 +323,20 @@ def shape_polygon(shape: str, cx: float, cy: float, d: float) -> List[Tuple[floa
             pts.append((rad * math.cos(a), rad * math.sin(a) + 0.1))
     elif shape == "cross":
         t = 1 / 3
-        pts = [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1),
-               (-t, t), (-1, t), (-1, -t), (-t, -t)]
+        pts = [
+            (-t, -1),
+            (t, -1),
+            (t, -t),
+            (1, -t),
+            (1, t),
+            (t, t),
+            (t, 1),
+            (-t, 1),
+            (-t, t),
+            (-1, t),
+            (-1, -t),
+            (-t, -t),
+        ]
     elif shape == "heart":
         pts = []
         for k in range(64):

@@ -9,10 +9,9 @@
 # Every step is resumable: run the script again after an interruption and finished steps
 # are skipped, training steps continue from their last checkpoint. Work files go to
 # DEMO_DIR (default data/demo); a GPU is used when there is one.
-# Sizes can be changed with the variables below (the shipped models used these sizes but
-# trained longer than the 3-hour defaults, over resumed runs and, after the VQ-VAE's third
-# and fourth stages, from their earlier weights (GPT_INIT, SR_INIT); pretrained/README.md
-# has the exact commands).
+# Sizes can be changed with the variables below. The shipped models used these sizes and
+# trained longer than the 3-hour defaults, some stages starting from another stage's weights
+# (GPT_INIT, SR_INIT): demo/README.md lists the stages.
 set -euo pipefail
 source "$(dirname "$(dirname "$(realpath "$0")")")/scripts/training_common.sh"
 cd "$main_dir"
@@ -81,7 +80,7 @@ if want vqvae && [ ! -f "$VQVAE" ]; then
       --log-interval 100 --save-interval 500 --keep-last 2 --num-workers 1 "${DEVICE[@]}"
   say "VQ-VAE decoder ($VQ_DECODER_ITERS iterations; encoder and codebook frozen)"
   # the codes hold each small shape (every shape of a 64 px scene gets its own code grid),
-  # but the decoder above drew them blurred: it trained on crops of bigger renders. It now
+  # but the decoder above draws them blurred: it trained on crops of bigger renders. Here it
   # trains alone, 1 image in 3 a whole IMG_SIZE render; every image keeps its codes.
   [ -d "$DEMO_DIR/vqvae_decoder_images.lmdb" ] || "$PYTHON" -m demo.make_data vqvae-images \
       --out "$DEMO_DIR/vqvae_decoder_images.lmdb" --num "$VQ_DECODER_IMAGES" --img-size "$SR_IMG_SIZE" \

@@ -6,6 +6,7 @@
 one ``node<i> slots=<GPUs per node>`` line per IP: what scripts/pretrain_multiple_nodes.sh
 (hostfile path) and `deepspeed --hostfile` need.  Running it again replaces the entries.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,14 @@ BEGIN, END = "# >>> cogview nodes >>>", "# <<< cogview nodes <<<"
 def ssh_entries(ips: List[str], port: int) -> str:
     lines = [BEGIN]
     for i, ip in enumerate(ips):
-        lines += [f"Host node{i}", f"    HostName {ip}", "    User root", f"    Port {port}",
-                  "    StrictHostKeyChecking no", "    UserKnownHostsFile /dev/null"]
+        lines += [
+            f"Host node{i}",
+            f"    HostName {ip}",
+            "    User root",
+            f"    Port {port}",
+            "    StrictHostKeyChecking no",
+            "    UserKnownHostsFile /dev/null",
+        ]
     return "\n".join(lines + [END]) + "\n"
 
 

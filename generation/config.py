@@ -6,6 +6,7 @@ default.  The command line itself is parsed by the top-level ``arguments``
 module; this module only sees the parsed namespace and the set of flags the user
 gave, so the library never imports the entry point's parser.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -124,14 +125,23 @@ class GenerationConfig:
 
     def gpt2_config(self, vocab_size: int) -> GPT2Config:
         """The GPT to build for ``vocab_size`` tokens (no dropout: generation runs in eval mode)."""
-        return GPT2Config(num_layers=self.num_layers, vocab_size=vocab_size, hidden_size=self.hidden_size,
-                          num_attention_heads=self.num_attention_heads, embedding_dropout_prob=0.0,
-                          attention_dropout_prob=0.0, output_dropout_prob=0.0,
-                          max_sequence_length=self.max_position_embeddings,
-                          max_memory_length=max(self.max_memory_length, 0), checkpoint_activations=False,
-                          query_window=self.query_window, key_window_times=self.key_window_times,
-                          num_pivot=self.num_pivot, pb_relax_attention=self.pb_relax_attention,
-                          pb_relax_alpha=self.pb_relax_alpha)
+        return GPT2Config(
+            num_layers=self.num_layers,
+            vocab_size=vocab_size,
+            hidden_size=self.hidden_size,
+            num_attention_heads=self.num_attention_heads,
+            embedding_dropout_prob=0.0,
+            attention_dropout_prob=0.0,
+            output_dropout_prob=0.0,
+            max_sequence_length=self.max_position_embeddings,
+            max_memory_length=max(self.max_memory_length, 0),
+            checkpoint_activations=False,
+            query_window=self.query_window,
+            key_window_times=self.key_window_times,
+            num_pivot=self.num_pivot,
+            pb_relax_attention=self.pb_relax_attention,
+            pb_relax_alpha=self.pb_relax_alpha,
+        )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, explicit: AbstractSet[str]) -> "GenerationConfig":
@@ -156,22 +166,38 @@ class GenerationConfig:
                 recorded[key] = resolve_path(args.load, recorded[key])
         recorded["sr_text_length"] = int(recorded["sr_text_length"] or 0)
         return cls(
-            task=args.generation_task, device=args.device, dtype=args.dtype, seed=args.seed, rank=args.rank,
-            world_size=args.world_size, load=args.load, trust_checkpoint=args.trust_checkpoint,
+            task=args.generation_task,
+            device=args.device,
+            dtype=args.dtype,
+            seed=args.seed,
+            rank=args.rank,
+            world_size=args.world_size,
+            load=args.load,
+            trust_checkpoint=args.trust_checkpoint,
             model_config_path=model_config_path(args.load) if file_values is not None else None,
             **recorded,
-            max_memory_length=args.max_memory_length, pb_relax_attention=args.pb_relax_attention,
+            max_memory_length=args.max_memory_length,
+            pb_relax_attention=args.pb_relax_attention,
             pb_relax_alpha=args.pb_relax_alpha,
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, sampler=args.sampler,
-            batch_size=args.batch_size, max_inference_batch_size=args.max_inference_batch_size,
-            guidance_scale=_per_task(args.guidance_scale, None if "guidance_scale" in explicit
-                                     else stored.get("guidance_scale"), float),
-            guidance_top_k=_per_task(args.guidance_top_k, None if "guidance_top_k" in explicit
-                                     else stored.get("guidance_top_k"), int),
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            sampler=args.sampler,
+            batch_size=args.batch_size,
+            max_inference_batch_size=args.max_inference_batch_size,
+            guidance_scale=_per_task(
+                args.guidance_scale, None if "guidance_scale" in explicit else stored.get("guidance_scale"), float
+            ),
+            guidance_top_k=_per_task(
+                args.guidance_top_k, None if "guidance_top_k" in explicit else stored.get("guidance_top_k"), int
+            ),
             caption_rerank=bool(pick("caption_rerank")),
             caption_rerank_weight=float(pick("caption_rerank_weight") or 0.0),
             roi2_position_restart=pick("roi2_position_restart") is not False,
-            input_source=args.input_source, output_path=args.output_path, with_id=args.with_id, debug=args.debug,
+            input_source=args.input_source,
+            output_path=args.output_path,
+            with_id=args.with_id,
+            debug=args.debug,
         )
 
 

@@ -8,6 +8,7 @@ this is exactly the original's nine windows, order and row counts; ``sr_window``
 gives the window for other grids. A model trained with ``--sr-text-length`` expects
 its caption padded to that length (``pad_query_text``, the same padding as the rows).
 """
+
 from __future__ import annotations
 
 from typing import Callable, List, Sequence, Tuple
@@ -46,8 +47,10 @@ def padded_text(text_ids: Sequence[int], text_length: int, pad_id: int) -> List[
     if text_length <= 0:
         return ids
     if len(ids) > text_length:
-        raise ValueError(f"the caption is {len(ids)} tokens; this super-resolution model takes at most "
-                         f"{text_length} (--sr-text-length): shorten the caption")
+        raise ValueError(
+            f"the caption is {len(ids)} tokens; this super-resolution model takes at most "
+            f"{text_length} (--sr-text-length): shorten the caption"
+        )
     return ids + [pad_id] * (text_length - len(ids))
 
 
@@ -58,15 +61,14 @@ def pad_query_text(ids: Sequence[int], tokens: dict, text_length: int) -> List[i
     if text_length <= 0:
         return ids
     roi1, boi = ids.index(tokens["[ROI1]"]), ids.index(tokens["[BOI1]"])
-    return ids[:roi1 + 1] + padded_text(ids[roi1 + 1:boi - 1], text_length, tokens["[PAD]"]) + ids[boi - 1:]
+    return ids[: roi1 + 1] + padded_text(ids[roi1 + 1 : boi - 1], text_length, tokens["[PAD]"]) + ids[boi - 1 :]
 
 
 def magnify_windows(grid: int, window: int = 16, stride: int = 8) -> List[Window]:
     """Windows in generation order: first row left to right, each middle row from its
     middle column outwards, the last row left to right (the original's order for 3x3)."""
     if grid < window or (grid - window) % stride != 0:
-        raise ValueError(f"cannot tile a {grid}x{grid} code grid with {window}x{window} windows "
-                         f"every {stride} codes")
+        raise ValueError(f"cannot tile a {grid}x{grid} code grid with {window}x{window} windows every {stride} codes")
     n = (grid - window) // stride + 1
     hi_window, hi_stride = 2 * window, 2 * stride
     order: List[Tuple[int, int]] = []
@@ -88,8 +90,14 @@ def magnify_windows(grid: int, window: int = 16, stride: int = 8) -> List[Window
     return windows
 
 
-def magnify(low_res_code: torch.Tensor, text_prefix: Sequence[int], fill: Callable[[List[int]], torch.Tensor],
-            tokens: dict, window: int = 16, stride: int = 8) -> torch.Tensor:
+def magnify(
+    low_res_code: torch.Tensor,
+    text_prefix: Sequence[int],
+    fill: Callable[[List[int]], torch.Tensor],
+    tokens: dict,
+    window: int = 16,
+    stride: int = 8,
+) -> torch.Tensor:
     """Magnify ``low_res_code`` ([s*s] or [s, s]) to [1, (2s)^2] codes.
 
     ``text_prefix`` is ``[ROI1] text [BASE] [BOI1]``; ``fill(seq)`` fills the -1s of
@@ -104,10 +112,10 @@ def magnify(low_res_code: torch.Tensor, text_prefix: Sequence[int], fill: Callab
     hi = torch.full((2 * s, 2 * s), -1, dtype=torch.long)
     middle = [tokens[name] for name in sr_middle_tokens(window)]
     for i, j, rows in magnify_windows(s, window, stride):
-        low = grid[i * stride:i * stride + window, j * stride:j * stride + window].reshape(-1)
+        low = grid[i * stride : i * stride + window, j * stride : j * stride + window].reshape(-1)
         r0, c0 = 2 * stride * i, 2 * stride * j
-        target = hi[r0:r0 + rows, c0:c0 + 2 * window]
+        target = hi[r0 : r0 + rows, c0 : c0 + 2 * window]
         seq = list(text_prefix) + low.tolist() + middle + target.reshape(-1).tolist()
-        filled = torch.as_tensor(fill(seq))[0, -target.numel():].view(rows, 2 * window)
-        hi[r0:r0 + rows, c0:c0 + 2 * window] = filled
+        filled = torch.as_tensor(fill(seq))[0, -target.numel() :].view(rows, 2 * window)
+        hi[r0 : r0 + rows, c0 : c0 + 2 * window] = filled
     return hi.view(1, -1)

@@ -4,6 +4,7 @@ The checkpoint folder's ``model_config.json`` has already filled the model shape
 into the config (generation/config.py), so the shipped models run without
 NLAYERS/NHIDDEN/... on the command line.
 """
+
 from __future__ import annotations
 
 import torch

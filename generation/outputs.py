@@ -1,4 +1,5 @@
 """Writing generated images: one file per sample, a concat grid, or the debug grid."""
+
 from __future__ import annotations
 
 import os
@@ -51,5 +52,4 @@ def first_sentence(text: str) -> str:
     """
     text = text.strip()
     ends = [i for i in (text.find(e) for e in SENTENCE_ENDS) if i >= 0]
-    return text[:min(ends) + 1] if ends else text
-
+    return text[: min(ends) + 1] if ends else text

@@ -1,4 +1,5 @@
 """Post-selection: rank images by the caption model's likelihood of the text."""
+
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional
@@ -32,11 +33,13 @@ def image_given_text_score(model, rows, boi_id: int, num_image_tokens: int) -> t
     Rows may differ in length (captions do); each is scored from its first [BOI1] to its
     end, image ids only in the normalisation. Rows of one length share a forward pass.
     """
+
     def score(seq: torch.Tensor) -> torch.Tensor:
         if not bool((seq[:, :-1] == boi_id).any(dim=1).all()):
             raise ValueError("every row must contain [BOI1] followed by the image codes to score")
         start = (seq == boi_id).float().argmax(dim=1)  # first [BOI1]: codes follow it
         return _sum_log_probs_after(model, seq, start, 0, num_image_tokens)
+
     return _score_by_length(model, rows, score)
 
 

@@ -5,6 +5,7 @@ Templates are the original's (``[ROI1] {} [BASE] [BOI1] [MASK]*1024`` ...) for
 token ([SMALL]) and code count.  A bad line raises QueryError with a message
 that names what is wrong; the caller adds the line number.
 """
+
 from __future__ import annotations
 
 import re
@@ -40,8 +41,7 @@ def task_template(task: str, grid: int = 32) -> str:
     templates = {
         "text2image": f"[ROI1] {{}} {size} [BOI1] [MASK]*{n}",
         "image2text": f"{size} [BOI1] [Image]{{}} [EOI1] [ROI1] [MASK]*{CAPTION_LENGTH}",
-        "low-level super-resolution":
-            f"[ROI1] {{}} {size} [BOI1] [Image]{{}} [EOI1] [ROI2] [POS0] {size} [BOI2] [MASK]*{n}",
+        "low-level super-resolution": f"[ROI1] {{}} {size} [BOI1] [Image]{{}} [EOI1] [ROI2] [POS0] {size} [BOI2] [MASK]*{n}",
         "super-resolution": f"[ROI1] {{}} {size} [BOI1] [Image]{{}}",
         "post-selection": f"{size} [BOI1] [Image]{{}} [EOI1] [ROI1] {{}}",
         "inpainting": f"[ROI1] {{}} {size} [BOI1] [Image]{{}}",
@@ -89,8 +89,9 @@ def split_line(line: str, line_number: int, task: str, with_id: bool) -> Query:
         if len(fields) < 2 or not all(f.strip() for f in fields[1:]):
             raise QueryError("post-selection expects 'text<TAB>image1<TAB>image2...': no image given")
     elif len(fields) != len(expected):
-        raise QueryError(f"{task} expects {len(expected)} TAB-separated field(s) "
-                         f"({', '.join(expected)}), got {len(fields)}")
+        raise QueryError(
+            f"{task} expects {len(expected)} TAB-separated field(s) ({', '.join(expected)}), got {len(fields)}"
+        )
     for f, name in zip(fields, expected):
         if not f.strip():
             raise QueryError(f"the {name} field is empty")
@@ -109,8 +110,9 @@ def parse_region(text: str) -> Tuple[float, float, float, float]:
     try:
         x0, y0, x1, y1 = (float(v) for v in text.split(","))
     except ValueError:
-        raise QueryError(f"region {text!r}: expected 'x0,y0,x1,y1' as fractions of the image, "
-                         "e.g. 0.5,0,1,1 for the right half") from None
+        raise QueryError(
+            f"region {text!r}: expected 'x0,y0,x1,y1' as fractions of the image, e.g. 0.5,0,1,1 for the right half"
+        ) from None
     if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
         raise QueryError(f"region {text!r}: need 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
     return x0, y0, x1, y1
@@ -131,5 +133,7 @@ def check_positions(ids: List[int], roi2_id: Optional[int], max_positions: int) 
     last = len(ids) - 1
     top = max(offset, last - offset) if offset is not None else last
     if top >= max_positions:
-        raise QueryError(f"query of {len(ids)} tokens needs position {top} but the model has "
-                         f"{max_positions} positions (--max-position-embeddings); shorten the text")
+        raise QueryError(
+            f"query of {len(ids)} tokens needs position {top} but the model has "
+            f"{max_positions} positions (--max-position-embeddings); shorten the text"
+        )

@@ -11,6 +11,7 @@ are never sampled where they cannot belong; top-p works for any batch size;
 provided tokens after sampled ones keep the batch (the original collapsed it to one sample);
 the [ROI2] position offset is tracked per row.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -74,8 +75,9 @@ class TokenLayout:
         return self.command_tokens[name]
 
 
-def top_k_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0,
-                 filter_value: float = -float("inf")) -> torch.Tensor:
+def top_k_logits(
+    logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0, filter_value: float = -float("inf")
+) -> torch.Tensor:
     """Keep logits >= the k-th largest (ties kept) and/or the nucleus of mass top_p.
 
     Works row by row on [batch, vocab] (the original's top-p only handled one row).
@@ -100,9 +102,9 @@ class _Modes:
 
     def __init__(self, layout: TokenLayout):
         i, t = layout.num_image_tokens, layout.num_text_tokens
-        self.text = (i, layout.num_tokens)     # text + command tokens, never padding rows
-        self.image = (0, i)                    # image codes only
-        self.text_only = (i, i + t)            # after an image: plain text
+        self.text = (i, layout.num_tokens)  # text + command tokens, never padding rows
+        self.image = (0, i)  # image codes only
+        self.text_only = (i, i + t)  # after an image: plain text
         self.boi = {layout.id(n) for n in ("[BOI1]", "[BOI2]", "[BOI3]") if n in layout.command_tokens}
         self.eoi = {layout.id(n) for n in ("[EOI1]", "[EOI2]", "[EOI3]") if n in layout.command_tokens}
 
@@ -126,8 +128,9 @@ def _mask_other_modes(logits: torch.Tensor, lo: int, ranges: List[Tuple[int, int
     return logits.masked_fill(~allowed, -float("inf"))
 
 
-def _guided_logits(cond: torch.Tensor, prior: torch.Tensor, guidance: Guidance, lo: int,
-                   ranges: List[Tuple[int, int]]) -> torch.Tensor:
+def _guided_logits(
+    cond: torch.Tensor, prior: torch.Tensor, guidance: Guidance, lo: int, ranges: List[Tuple[int, int]]
+) -> torch.Tensor:
     """cond + scale * (cond - prior); with ``guidance.top_k``, -inf outside each row's
     ``top_k`` most likely ids under cond (among the ids its mode allows)."""
     cond = cond.float()
@@ -139,8 +142,13 @@ def _guided_logits(cond: torch.Tensor, prior: torch.Tensor, guidance: Guidance, 
     return guided.masked_fill(cond < kth, -float("inf"))
 
 
-def _sample(logits: torch.Tensor, lo: int, ranges: List[Tuple[int, int]], config: SamplingConfig,
-            generator: Optional[torch.Generator]):
+def _sample(
+    logits: torch.Tensor,
+    lo: int,
+    ranges: List[Tuple[int, int]],
+    config: SamplingConfig,
+    generator: Optional[torch.Generator],
+):
     """One token per row from its allowed range; ``logits`` hold ids lo, lo+1, ...
 
     Returns (ids, log-probabilities of the picks).  Sampling is the exponential race
@@ -171,8 +179,9 @@ class _Runner:
         self.mems: List[torch.Tensor] = []
         self.fed = 0
 
-    def feed(self, tokens: torch.Tensor, end: int, roi2_offset: torch.Tensor,
-             vocab_range: Tuple[int, int]) -> torch.Tensor:
+    def feed(
+        self, tokens: torch.Tensor, end: int, roi2_offset: torch.Tensor, vocab_range: Tuple[int, int]
+    ) -> torch.Tensor:
         """Run the model so that it has seen tokens[:, :end]; return the last position's
         logits for ids in ``vocab_range`` (the mems path computes every logit of every
         new position, as the original did, and slices afterwards)."""
@@ -182,11 +191,10 @@ class _Runner:
         pos = _positions(start, end, roi2_offset)
         mask = torch.ones(1, 1, end, end, device=device).tril_() if start == 0 else 0
         if self.mode == "kv-cache":
-            logits, *_ = self.model(ids, pos, mask, kv_cache=self.cache, last_only=True,
-                                    vocab_range=vocab_range)
+            logits, *_ = self.model(ids, pos, mask, kv_cache=self.cache, last_only=True, vocab_range=vocab_range)
         elif self.mode == "mems":
             logits, *self.mems = self.model(ids, pos, mask, None, None, 0, *self.mems)
-            logits = logits[..., vocab_range[0]:vocab_range[1]]
+            logits = logits[..., vocab_range[0] : vocab_range[1]]
         else:
             logits, *_ = self.model(ids, pos, mask, last_only=True, vocab_range=vocab_range)
         self.fed = end
@@ -201,11 +209,20 @@ class _Runner:
 
 
 @torch.no_grad()
-def filling_sequence(model, seq: Sequence[int], batch_size: int, layout: TokenLayout,
-                     config: SamplingConfig = SamplingConfig(), device: torch.device = torch.device("cpu"),
-                     sampler: str = "kv-cache", generator: Optional[torch.Generator] = None,
-                     on_token: Optional[Callable[[int], None]] = None, return_scores: bool = False,
-                     guidance: Optional[Guidance] = None, roi2_restart: bool = True):
+def filling_sequence(
+    model,
+    seq: Sequence[int],
+    batch_size: int,
+    layout: TokenLayout,
+    config: SamplingConfig = SamplingConfig(),
+    device: torch.device = torch.device("cpu"),
+    sampler: str = "kv-cache",
+    generator: Optional[torch.Generator] = None,
+    on_token: Optional[Callable[[int], None]] = None,
+    return_scores: bool = False,
+    guidance: Optional[Guidance] = None,
+    roi2_restart: bool = True,
+):
     """Fill every -1 of ``seq`` for ``batch_size`` samples; returns [batch_size, len(seq)] ids.
 
     ``on_token(rows)`` is called after each sampled position (progress bars).
@@ -223,8 +240,9 @@ def filling_sequence(model, seq: Sequence[int], batch_size: int, layout: TokenLa
     prior = None
     if guidance is not None and guidance.scale != 0:
         if not 0 <= guidance.start <= context or len(guidance.prefix) + context - guidance.start < 1:
-            raise ValueError("guidance: the prior must start with at least one known token "
-                             "and cut off no token to generate")
+            raise ValueError(
+                "guidance: the prior must start with at least one known token and cut off no token to generate"
+            )
         shift = guidance.start - len(guidance.prefix)  # position in seq - position in the prior's sequence
         prior_prefix = torch.tensor([list(guidance.prefix)], dtype=torch.long, device=device).view(1, -1)
         prior = _Runner(model, sampler, length - shift)
@@ -255,7 +273,7 @@ def filling_sequence(model, seq: Sequence[int], batch_size: int, layout: TokenLa
         lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
         logits = runner.feed(tokens, p, offset, (lo, hi))
         if prior is not None:
-            prior_tokens = torch.cat([prior_prefix.expand(tokens.size(0), -1), tokens[:, guidance.start:]], 1)
+            prior_tokens = torch.cat([prior_prefix.expand(tokens.size(0), -1), tokens[:, guidance.start :]], 1)
             unconditional = prior.feed(prior_tokens, p - shift, no_offset.expand(tokens.size(0)), (lo, hi))
             logits = _guided_logits(logits, unconditional, guidance, lo, ranges)
         if tokens.size(0) == 1 and batch_size > 1:
@@ -287,8 +305,9 @@ def filling_sequence(model, seq: Sequence[int], batch_size: int, layout: TokenLa
     return (tokens, scores) if return_scores else tokens
 
 
-def generate_in_chunks(model, seq: Sequence[int], batch_size: int, max_inference_batch_size: int,
-                       layout: TokenLayout, **kwargs) -> torch.Tensor:
+def generate_in_chunks(
+    model, seq: Sequence[int], batch_size: int, max_inference_batch_size: int, layout: TokenLayout, **kwargs
+) -> torch.Tensor:
     """``batch_size`` samples in calls of at most ``max_inference_batch_size`` (last one smaller)."""
     chunks, left = [], batch_size
     while left > 0:
@@ -301,4 +320,3 @@ def generate_in_chunks(model, seq: Sequence[int], batch_size: int, max_inference
 def count_to_generate(seq: Sequence[int]) -> int:
     """How many tokens a query leaves to sample (the length of a progress bar)."""
     return sum(1 for t in seq if t < 0)
-

@@ -5,6 +5,7 @@ back) and never raises: every failure becomes a one-line reason for the report.
 Resize + centre crop are vqvae.image_io's (torchvision's Resize + CenterCrop), the
 same steps generation uses on [Image] inputs.
 """
+
 from __future__ import annotations
 
 import os

@@ -12,6 +12,7 @@ needed a conversion: ``line  path  action  reason``. Skips are re-checked on eac
 (a fixed image is picked up by a rerun), so the report is rebuilt at the start of a run
 from the conversions of rows already written.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,11 @@ class Journal:
     def differences(self, settings: dict) -> List[str]:
         """Settings of this run that differ from the ones the output was made with."""
         old = self.settings or {}
-        return [f"{k}: {old.get(k)!r} before, {settings.get(k)!r} now"
-                for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+        return [
+            f"{k}: {old.get(k)!r} before, {settings.get(k)!r} now"
+            for k in sorted(set(old) | set(settings))
+            if old.get(k) != settings.get(k)
+        ]
 
     def committed_prefix(self, length: int) -> int:
         """How many of the LMDB's first ``length`` rows have a journaled key (normally all)."""
@@ -94,8 +98,9 @@ class Journal:
         for path in (self.path, self.report_path):  # temporaries of a run killed while rewriting them
             remove_stale_temps(os.path.dirname(path) or ".", os.path.basename(path))
         write_text_atomic(self.path, "".join(lines))
-        write_text_atomic(self.report_path, REPORT_HEADER + "".join(
-            f"{a}\t{b}\tconverted\t{c}\n" for a, b, c in self.notes.values()))
+        write_text_atomic(
+            self.report_path, REPORT_HEADER + "".join(f"{a}\t{b}\tconverted\t{c}\n" for a, b, c in self.notes.values())
+        )
         self._journal_file = open(self.path, "a", encoding="utf-8")
         self._report_file = open(self.report_path, "a", encoding="utf-8")
         return done

@@ -7,6 +7,7 @@ rows and ``length`` in one transaction, so a killed run resumes without redoing 
 duplicating rows (journal module). Bad inputs are skipped and reported, never fatal;
 setup problems raise SetupError with one line for the user.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,17 +47,17 @@ class PreprocessConfig:
     captions: str
     output: str
     img_tokenizer_path: str
-    images: Optional[str] = None            # default: the captions file's folder
+    images: Optional[str] = None  # default: the captions file's folder
     captions_format: str = "auto"
     task: str = "text2image"
     output_format: str = "Tokenized"
     txt_tokenizer_path: Optional[str] = None
     img_size: int = 256
-    min_size: Optional[int] = None           # default: img_size // 4
-    max_text_tokens: int = 0                 # 0: no limit
-    sr_windows_per_image: int = 0            # 0: every window
-    sr_text_length: int = 0                  # super-resolution captions padded to this (0: not padded)
-    sr_low_level: bool = False               # super-resolution: also a whole-image low-level row per image
+    min_size: Optional[int] = None  # default: img_size // 4
+    max_text_tokens: int = 0  # 0: no limit
+    sr_windows_per_image: int = 0  # 0: every window
+    sr_text_length: int = 0  # super-resolution captions padded to this (0: not padded)
+    sr_low_level: bool = False  # super-resolution: also a whole-image low-level row per image
     num_workers: int = 2
     batch_size: int = 32
     commit_every: int = 1000
@@ -68,13 +69,13 @@ class PreprocessConfig:
 
 @dataclass
 class RunSummary:
-    records: int = 0          # inputs in the captions file (incl. bad lines)
-    already_done: int = 0     # inputs written by earlier runs
-    written_inputs: int = 0   # inputs turned into rows by this run
+    records: int = 0  # inputs in the captions file (incl. bad lines)
+    already_done: int = 0  # inputs written by earlier runs
+    written_inputs: int = 0  # inputs turned into rows by this run
     written_rows: int = 0
     skipped: int = 0
     converted: int = 0
-    total_rows: int = 0       # rows in the LMDB at the end
+    total_rows: int = 0  # rows in the LMDB at the end
     seconds: float = 0.0
     output: str = ""
     report: str = ""
@@ -103,8 +104,7 @@ def _check_options(cfg: PreprocessConfig) -> None:
     if cfg.task not in TASKS:
         raise SetupError(f"unknown --task {cfg.task!r}; choose one of {', '.join(TASKS)}")
     if cfg.output_format not in OUTPUT_FORMATS:
-        raise SetupError(f"unknown --output-format {cfg.output_format!r}; choose one of "
-                         f"{', '.join(OUTPUT_FORMATS)}")
+        raise SetupError(f"unknown --output-format {cfg.output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
     if cfg.task == "super-resolution" and cfg.output_format != "Tokenized":
         raise SetupError("super-resolution rows hold two images: use --output-format Tokenized")
     for name in ("img_size", "batch_size", "commit_every"):
@@ -140,12 +140,13 @@ def _setup(cfg: PreprocessConfig) -> _Setup:
         raise SetupError(" ".join(str(exc).split())) from None
     factor = int(getattr(model, "downsample", 8))
     if cfg.img_size % factor:
-        raise SetupError(f"--img-size {cfg.img_size} is not a multiple of the VQ-VAE's "
-                         f"downsampling factor {factor}")
+        raise SetupError(f"--img-size {cfg.img_size} is not a multiple of the VQ-VAE's downsampling factor {factor}")
     grid = cfg.img_size // factor
     if grid not in SIZE_TOKENS:
-        raise SetupError(f"--img-size {cfg.img_size} gives a {grid}x{grid} code grid; CogView rows "
-                         f"need 8, 16, 32 or 64 (--img-size {', '.join(str(g * factor) for g in SIZE_TOKENS)})")
+        raise SetupError(
+            f"--img-size {cfg.img_size} gives a {grid}x{grid} code grid; CogView rows "
+            f"need 8, 16, 32 or 64 (--img-size {', '.join(str(g * factor) for g in SIZE_TOKENS)})"
+        )
     sr = cfg.task == "super-resolution"
     if sr:
         try:
@@ -156,9 +157,15 @@ def _setup(cfg: PreprocessConfig) -> _Setup:
     sp = _load_text_tokenizer(cfg, required=cfg.output_format == "Tokenized")
     tok = UnifiedTokenizer(img_tokenizer_num_tokens=n_embed, txt_tokenizer_path=sp) if sp else None
     codebook = hashlib.sha1(model.quantize_t.embed.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
-    settings = dict(task=cfg.task, output_format=cfg.output_format, img_size=cfg.img_size, grid=grid,
-                    n_embed=n_embed, vqvae_codebook=codebook,
-                    txt_tokenizer=_sha1_file(sp.path) if sp and cfg.output_format == "Tokenized" else None)
+    settings = dict(
+        task=cfg.task,
+        output_format=cfg.output_format,
+        img_size=cfg.img_size,
+        grid=grid,
+        n_embed=n_embed,
+        vqvae_codebook=codebook,
+        txt_tokenizer=_sha1_file(sp.path) if sp and cfg.output_format == "Tokenized" else None,
+    )
     if sr:
         settings.update(sr_windows_per_image=cfg.sr_windows_per_image, seed=cfg.seed)
         if cfg.sr_text_length:  # recorded only when set, so earlier unpadded runs still resume
@@ -182,8 +189,10 @@ def _prepare_output(cfg: PreprocessConfig, report: str) -> None:
             os.remove(report)
     if os.path.isdir(cfg.output) and os.path.exists(os.path.join(cfg.output, "data.mdb")):
         if not Journal(cfg.output, report).exists():
-            raise SetupError(f"--output {cfg.output} already holds an LMDB that preprocess_entry.py "
-                             "did not write; choose another --output or pass --overwrite")
+            raise SetupError(
+                f"--output {cfg.output} already holds an LMDB that preprocess_entry.py "
+                "did not write; choose another --output or pass --overwrite"
+            )
 
 
 def _ordered(results: Iterable, max_in_flight: int) -> Iterator:
@@ -197,16 +206,18 @@ def _ordered(results: Iterable, max_in_flight: int) -> Iterator:
         yield from pending.popleft().get()
 
 
-def _prepared_images(records: Sequence[Record], sizes: Sequence[int], min_size: int,
-                     pool, workers: int) -> Iterator[Tuple[int, Prepared]]:
-    chunks = [([(i, r.full_path) for i, r in enumerate(records[k:k + CHUNK], k)], tuple(sizes), min_size)
-              for k in range(0, len(records), CHUNK)]
+def _prepared_images(
+    records: Sequence[Record], sizes: Sequence[int], min_size: int, pool, workers: int
+) -> Iterator[Tuple[int, Prepared]]:
+    chunks = [
+        ([(i, r.full_path) for i, r in enumerate(records[k : k + CHUNK], k)], tuple(sizes), min_size)
+        for k in range(0, len(records), CHUNK)
+    ]
     if pool is None:
         for chunk in chunks:
             yield from prepare_chunk(chunk)
         return
-    yield from _ordered((pool.apply_async(prepare_chunk, (c,)) for c in chunks),
-                        max_in_flight=4 * workers)
+    yield from _ordered((pool.apply_async(prepare_chunk, (c,)) for c in chunks), max_in_flight=4 * workers)
 
 
 def encode_batch(model: torch.nn.Module, arrays: Sequence[np.ndarray], device: str) -> np.ndarray:
@@ -234,14 +245,17 @@ class _Writer:
         return positions
 
     def write_batch(self, batch: List[Tuple[Record, List[np.ndarray], Optional[np.ndarray]]]) -> int:
-        codes = [encode_batch(self.setup.model, [b[1][s] for b in batch], self.cfg.device)
-                 for s in range(len(self.setup.sizes))]
+        codes = [
+            encode_batch(self.setup.model, [b[1][s] for b in batch], self.cfg.device)
+            for s in range(len(self.setup.sizes))
+        ]
         n = 0
         for k, (record, _, text_ids) in enumerate(batch):
             if self.layout is not None:
                 for i, j in self.windows(record):
-                    row = sr_row(self.setup.tok, text_ids, codes[0][k], codes[1][k], (i, j), self.layout,
-                                 self.cfg.sr_text_length)
+                    row = sr_row(
+                        self.setup.tok, text_ids, codes[0][k], codes[1][k], (i, j), self.layout, self.cfg.sr_text_length
+                    )
                     self.journal.add_row(self.writer.append(row), f"{record.key}#{i},{j}")
                     n += 1
                 if self.cfg.sr_low_level:  # the whole image at half size -> full size
@@ -269,8 +283,9 @@ class _Writer:
         self.writer.set_length(self.committed)
 
 
-def _text_ids(tok: Optional[UnifiedTokenizer], record: Record, max_tokens: int,
-              sr_text_length: int = 0) -> Tuple[Optional[np.ndarray], Optional[str]]:
+def _text_ids(
+    tok: Optional[UnifiedTokenizer], record: Record, max_tokens: int, sr_text_length: int = 0
+) -> Tuple[Optional[np.ndarray], Optional[str]]:
     if tok is None:
         return None, None
     ids = tok.EncodeAsIds(record.caption)
@@ -308,8 +323,10 @@ def run(cfg: PreprocessConfig) -> RunSummary:
     if journal.exists():
         diff = journal.differences(setup.settings)
         if diff:
-            raise SetupError(f"--output {cfg.output} was made with other settings ({'; '.join(diff)}); "
-                             "choose another --output or pass --overwrite")
+            raise SetupError(
+                f"--output {cfg.output} was made with other settings ({'; '.join(diff)}); "
+                "choose another --output or pass --overwrite"
+            )
     summary = RunSummary(records=len(records) + len(bad_lines), output=cfg.output, report=report)
 
     def skip(line: int, path: str, reason: str) -> None:
@@ -340,8 +357,9 @@ def run(cfg: PreprocessConfig) -> RunSummary:
             if r.key in done:
                 summary.already_done += 1
                 continue
-            ids, problem = _text_ids(setup.tok, r, cfg.max_text_tokens,
-                                     cfg.sr_text_length if cfg.task == "super-resolution" else 0)
+            ids, problem = _text_ids(
+                setup.tok, r, cfg.max_text_tokens, cfg.sr_text_length if cfg.task == "super-resolution" else 0
+            )
             if problem:
                 skip(r.line, r.path, problem)
             else:
@@ -350,8 +368,14 @@ def run(cfg: PreprocessConfig) -> RunSummary:
         from tqdm import tqdm
 
         batch: List = []
-        with tqdm(total=len(todo), unit="img", desc="preprocess", disable=not cfg.progress,
-                  file=sys.stderr, dynamic_ncols=True) as bar:
+        with tqdm(
+            total=len(todo),
+            unit="img",
+            desc="preprocess",
+            disable=not cfg.progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        ) as bar:
             for i, (arrays, info) in _prepared_images(todo, setup.sizes, setup.min_size, pool, cfg.num_workers):
                 record = todo[i]
                 if arrays is None:
@@ -382,4 +406,3 @@ def run(cfg: PreprocessConfig) -> RunSummary:
     summary.total_rows = writer.count
     summary.seconds = time.time() - start
     return summary
-

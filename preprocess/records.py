@@ -5,6 +5,7 @@ resumed run recognises work already done even if lines were added to the file.
 Lines that cannot become a record are returned as BadLine with a reason instead of
 stopping the run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,9 +21,9 @@ FORMATS = ("auto", "tsv", "jsonl")
 
 @dataclass(frozen=True)
 class Record:
-    line: int        # 1-based line (or list position) in the captions file
-    path: str        # as written in the captions file
-    full_path: str   # resolved against the image folder
+    line: int  # 1-based line (or list position) in the captions file
+    path: str  # as written in the captions file
+    full_path: str  # resolved against the image folder
     caption: str
     key: str
 
@@ -108,8 +109,12 @@ def _json_entries(path: str) -> Iterator[Tuple[int, Optional[str], Optional[str]
         image = next((item[k] for k in IMAGE_KEYS if k in item), None)
         caption = next((item[k] for k in CAPTION_KEYS if k in item), None)
         if not isinstance(image, str):
-            yield n, None, None, (f"no image path (keys {'/'.join(IMAGE_KEYS)})" if image is None
-                                  else "image path is not a string")
+            yield (
+                n,
+                None,
+                None,
+                (f"no image path (keys {'/'.join(IMAGE_KEYS)})" if image is None else "image path is not a string"),
+            )
         elif caption is None:
             yield n, image, None, f"no caption (keys {'/'.join(CAPTION_KEYS)})"
         elif not isinstance(caption, str):

@@ -25,6 +25,7 @@ a model trained on them alone draws noise for that query).
 (The original's rows put the whole 32x32 overview and a [POSk] crop index in front of
 the crop, which magnify never feeds a model; see the README section.)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ import numpy as np
 from data_utils.templates import TextCodeTemplate
 from data_utils.unified_tokenizer import SIZE_TOKENS, UnifiedTokenizer
 from generation.magnify import padded_text, sr_middle_tokens, sr_window
+
 
 def code_dtype(num_image_tokens: int) -> np.dtype:
     """The smallest signed dtype holding every code (halves TextCode rows for 8192 codes)."""
@@ -48,14 +50,15 @@ def text_code_row(caption: str, codes: np.ndarray, dtype: np.dtype) -> Tuple[str
 
 def tokenized_row(tok: UnifiedTokenizer, text_ids: Sequence[int], codes: np.ndarray) -> np.ndarray:
     """A TokenizedDataset row: TextCodeTemplate of unified text ids and the codes."""
-    ids = TextCodeTemplate(np.asarray(text_ids, dtype=np.int64), np.asarray(codes, dtype=np.int64).reshape(-1),
-                           tokenizer=tok)
+    ids = TextCodeTemplate(
+        np.asarray(text_ids, dtype=np.int64), np.asarray(codes, dtype=np.int64).reshape(-1), tokenizer=tok
+    )
     return np.asarray(ids, dtype=np.int32)
 
 
 @dataclass(frozen=True)
 class SRLayout:
-    grid: int    # low-res code grid side g
+    grid: int  # low-res code grid side g
     window: int  # low-res window side w
     stride: int  # low-res window step
 
@@ -80,8 +83,15 @@ def sr_positions(layout: SRLayout) -> List[Tuple[int, int]]:
     return [(i, j) for i in range(layout.count) for j in range(layout.count)]
 
 
-def sr_row(tok: UnifiedTokenizer, text_ids: Sequence[int], low: np.ndarray, high: np.ndarray,
-           position: Tuple[int, int], layout: SRLayout, text_length: int = 0) -> np.ndarray:
+def sr_row(
+    tok: UnifiedTokenizer,
+    text_ids: Sequence[int],
+    low: np.ndarray,
+    high: np.ndarray,
+    position: Tuple[int, int],
+    layout: SRLayout,
+    text_length: int = 0,
+) -> np.ndarray:
     """One super-resolution training row (layout in the module docstring).
 
     ``low`` holds g*g codes, ``high`` (2g)*(2g) codes, both row-major; ``text_length``
@@ -91,25 +101,38 @@ def sr_row(tok: UnifiedTokenizer, text_ids: Sequence[int], low: np.ndarray, high
     i, j = position
     low_grid = np.asarray(low).reshape(g, g)
     high_grid = np.asarray(high).reshape(2 * g, 2 * g)
-    low_block = low_grid[i * s:i * s + w, j * s:j * s + w]
-    high_block = high_grid[2 * i * s:2 * i * s + 2 * w, 2 * j * s:2 * j * s + 2 * w]
+    low_block = low_grid[i * s : i * s + w, j * s : j * s + w]
+    high_block = high_grid[2 * i * s : 2 * i * s + 2 * w, 2 * j * s : 2 * j * s + 2 * w]
     return _sr_sequence(tok, text_ids, g, low_block, high_block, text_length)
 
 
-def _sr_sequence(tok: UnifiedTokenizer, text_ids: Sequence[int], grid: int, low_block: np.ndarray,
-                 high_block: np.ndarray, text_length: int) -> np.ndarray:
+def _sr_sequence(
+    tok: UnifiedTokenizer,
+    text_ids: Sequence[int],
+    grid: int,
+    low_block: np.ndarray,
+    high_block: np.ndarray,
+    text_length: int,
+) -> np.ndarray:
     """``[ROI1] text [size(grid)] [BOI1] low [EOI1] [ROI2] [POS0] [size(2w)] [BOI2] high [EOI2]``
     for a w x w ``low_block`` and its 2w x 2w ``high_block``."""
     window = int(np.asarray(low_block).shape[0])
     head = [tok["[ROI1]"], *padded_text(text_ids, text_length, tok["[PAD]"]), tok[SIZE_TOKENS[grid]], tok["[BOI1]"]]
     middle = [tok[name] for name in sr_middle_tokens(window)]
-    return np.concatenate([np.asarray(head, dtype=np.int64), np.asarray(low_block, dtype=np.int64).reshape(-1),
-                           np.asarray(middle, dtype=np.int64), np.asarray(high_block, dtype=np.int64).reshape(-1),
-                           np.asarray([tok["[EOI2]"]], dtype=np.int64)]).astype(np.int32)
+    return np.concatenate(
+        [
+            np.asarray(head, dtype=np.int64),
+            np.asarray(low_block, dtype=np.int64).reshape(-1),
+            np.asarray(middle, dtype=np.int64),
+            np.asarray(high_block, dtype=np.int64).reshape(-1),
+            np.asarray([tok["[EOI2]"]], dtype=np.int64),
+        ]
+    ).astype(np.int32)
 
 
-def low_level_sr_row(tok: UnifiedTokenizer, text_ids: Sequence[int], low: np.ndarray, high: np.ndarray,
-                     text_length: int = 0) -> np.ndarray:
+def low_level_sr_row(
+    tok: UnifiedTokenizer, text_ids: Sequence[int], low: np.ndarray, high: np.ndarray, text_length: int = 0
+) -> np.ndarray:
     """One low-level super-resolution training row: the whole ``low`` grid (h x h codes,
     the image at half size) then the whole ``high`` grid (2h x 2h, the image at full size),
     laid out as generate_samples.py's low-level super-resolution query (whose size tokens

@@ -1,4 +1,5 @@
 """Shared test helpers: the reference fixtures in ../shared (skipped when absent)."""
+
 from __future__ import annotations
 
 import json

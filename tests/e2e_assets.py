@@ -1,5 +1,6 @@
 """Tiny random-weight models for end-to-end tests: a VQ-VAE, a sentencepiece
 model and a GPT checkpoint with its model_config.json (64 px images, 8x8 codes)."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-WORDS = ("a red circle on a white background a blue square at the top left corner green star "
-         "small large medium yellow triangle black heart pink cross hexagon diamond purple gray").split()
+WORDS = (
+    "a red circle on a white background a blue square at the top left corner green star "
+    "small large medium yellow triangle black heart pink cross hexagon diamond purple gray"
+).split()
 
 
 def make_sentencepiece(folder: str) -> str:
@@ -45,8 +48,9 @@ def make_images(folder: str, count: int = 3, size: int = 64):
     return paths
 
 
-def make_gpt_checkpoint(folder: str, vqvae_path: str, sp_path: str, img_size: int = 64,
-                        max_positions: int = 400) -> str:
+def make_gpt_checkpoint(
+    folder: str, vqvae_path: str, sp_path: str, img_size: int = 64, max_positions: int = 400
+) -> str:
     """Random GPT sized for the tokenizer; writes <folder>/ckpt with model_config.json."""
     from arch import GPT2Model, save_checkpoint
     from data_utils.unified_tokenizer import UnifiedTokenizer
@@ -57,10 +61,17 @@ def make_gpt_checkpoint(folder: str, vqvae_path: str, sp_path: str, img_size: in
     model = GPT2Model(2, vocab, 32, 4, 0.0, 0.0, 0.0, max_positions, 2048, False)
     ckpt = os.path.join(folder, "ckpt")
     save_checkpoint(ckpt, 10, model.state_dict())
-    config = dict(num_layers=2, hidden_size=32, num_attention_heads=4, max_position_embeddings=max_positions,
-                  max_position_embeddings_finetune=max_positions, make_vocab_size_divisible_by=128,
-                  img_size=img_size, img_tokenizer_path=os.path.relpath(vqvae_path, ckpt),
-                  txt_tokenizer_path=os.path.relpath(sp_path, ckpt))
+    config = dict(
+        num_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        max_position_embeddings=max_positions,
+        max_position_embeddings_finetune=max_positions,
+        make_vocab_size_divisible_by=128,
+        img_size=img_size,
+        img_tokenizer_path=os.path.relpath(vqvae_path, ckpt),
+        txt_tokenizer_path=os.path.relpath(sp_path, ckpt),
+    )
     with open(os.path.join(ckpt, "model_config.json"), "w") as f:
         json.dump(config, f)
     return ckpt

@@ -4,6 +4,7 @@ checkpoint number $KILL_AT_SAVE (1-based): the bytes written so far stay on disk
 Used by tests/test_training_resume.py to check that a kill during a save leaves the
 previous checkpoint in force.
 """
+
 from __future__ import annotations
 
 import io

@@ -5,6 +5,7 @@ parallelism, loads its split of the weights and compares logits (gathered),
 loss (vocab-parallel cross entropy) and gradients (merged) with the reference
 computed in the same process without model parallelism.  Exit code 0 = equal.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,9 +18,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from arch import GPT2Model, merge_model_parallel_states, mpu, split_model_parallel_state  # noqa: E402
 
-CONFIG = dict(num_layers=2, vocab_size=128, hidden_size=32, num_attention_heads=4, embedding_dropout_prob=0.0,
-              attention_dropout_prob=0.0, output_dropout_prob=0.0, max_sequence_length=32,
-              max_memory_length=0, checkpoint_activations=False)
+CONFIG = dict(
+    num_layers=2,
+    vocab_size=128,
+    hidden_size=32,
+    num_attention_heads=4,
+    embedding_dropout_prob=0.0,
+    attention_dropout_prob=0.0,
+    output_dropout_prob=0.0,
+    max_sequence_length=32,
+    max_memory_length=0,
+    checkpoint_activations=False,
+)
 
 
 def run(model, ids, pos, labels):
@@ -73,8 +83,11 @@ def main() -> int:
         if not torch.equal(value, expected_init[name]):
             print(f"rank {rank}: initial {name} differs from the sliced master weight", flush=True)
             ok = False
-    print(f"rank {rank}: logits/loss/grads {'equal' if ok else 'DIFFER'} "
-          f"(max logit diff {(gathered - ref_logits).abs().max().item():.2e})", flush=True)
+    print(
+        f"rank {rank}: logits/loss/grads {'equal' if ok else 'DIFFER'} "
+        f"(max logit diff {(gathered - ref_logits).abs().max().item():.2e})",
+        flush=True,
+    )
     flag = torch.tensor([0 if ok else 1])
     dist.all_reduce(flag)
     dist.destroy_process_group()

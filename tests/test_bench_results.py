@@ -8,8 +8,13 @@ import re
 
 from bench.results import RESULTS, write_section
 
-SCRIPTS = ("bench/bench_vqvae.py", "bench.bench_preprocess", "bench/bench_training.py", "bench/bench_sampler.py",
-           "eval_demo.sh")
+SCRIPTS = (
+    "bench/bench_vqvae.py",
+    "bench.bench_preprocess",
+    "bench/bench_training.py",
+    "bench/bench_sampler.py",
+    "eval_demo.sh",
+)
 
 
 def sections(text: str) -> dict:

@@ -1,4 +1,5 @@
 """Checkpoint loading and saving in the original layouts, and the errors for bad files."""
+
 from __future__ import annotations
 
 import os
@@ -61,15 +62,20 @@ def test_fp16_checkpoint_becomes_model_dtype(tmp_path):
     assert all(v.dtype == torch.float32 for v in state.values())
     fresh = tiny_model()
     load_model_weights(fresh, str(tmp_path))
-    torch.testing.assert_close(fresh.state_dict()["word_embeddings.weight"],
-                               model.state_dict()["word_embeddings.weight"], atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(
+        fresh.state_dict()["word_embeddings.weight"], model.state_dict()["word_embeddings.weight"], atol=1e-3, rtol=1e-3
+    )
 
 
 def test_deepspeed_rng_entries_need_trust(tmp_path):
     model = tiny_model()
     os.makedirs(tmp_path / "1")
-    payload = {"module": model.state_dict(), "np_rng_state": np.random.get_state(),
-               "random_rng_state": (3, tuple(range(5)), None), "csr_tensor_module_names": set()}
+    payload = {
+        "module": model.state_dict(),
+        "np_rng_state": np.random.get_state(),
+        "random_rng_state": (3, tuple(range(5)), None),
+        "csr_tensor_module_names": set(),
+    }
     torch.save(payload, tmp_path / "1" / "mp_rank_00_model_states.pt")
     (tmp_path / "latest_checkpointed_iteration.txt").write_text("1")
     with pytest.raises(CheckpointError, match="--trust-checkpoint"):

@@ -4,6 +4,7 @@ misc/data_expected.npz holds what the original get_dataset_by_type process_fn re
 for the fixture rows (max_position_embeddings 1089, FakeTokenizer of 8192 image tokens
 and cog-pretrain.model).
 """
+
 from __future__ import annotations
 
 import builtins
@@ -18,16 +19,23 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import fixture_path
-
-from data_utils.configure_data import (RandomMappingDataset, detect_new_datasets, get_split,
-                                       make_loaders, resume_loader, should_split, split_ds)
+from data_utils.configure_data import (
+    RandomMappingDataset,
+    detect_new_datasets,
+    get_split,
+    make_loaders,
+    resume_loader,
+    should_split,
+    split_ds,
+)
 from data_utils.datasets import BinaryDataset, LMDBDataset, get_dataset_by_type
 from data_utils.lmdb_writer import LMDBWriter, write_rows
 from data_utils.row_format import RowFormatError, decode_row, encode_row
 from data_utils.safe_pickle import UnsafePickleError, safe_loads
 from data_utils.samplers import DistributedBatchSampler
 from data_utils.unified_tokenizer import UnifiedTokenizer
+
+from .conftest import fixture_path
 
 READERS = {  # dataset type -> (fixture file, prefix in data_expected.npz, rows)
     "CompactBinaryDataset": ("compact.bin", "compact", 3),
@@ -48,15 +56,27 @@ def expected():
 
 
 def make_args(**kw):
-    base = dict(max_position_embeddings=1089, finetune=False, max_position_embeddings_finetune=-1,
-                dataset_type="TokenizedDataset", train_data=None, valid_data=None,
-                test_data=None, split="1000,1,1", batch_size=2, eval_batch_size=None,
-                num_workers=0, gradient_accumulation_steps=None, new_dataset_path=None)
+    base = dict(
+        max_position_embeddings=1089,
+        finetune=False,
+        max_position_embeddings_finetune=-1,
+        dataset_type="TokenizedDataset",
+        train_data=None,
+        valid_data=None,
+        test_data=None,
+        split="1000,1,1",
+        batch_size=2,
+        eval_batch_size=None,
+        num_workers=0,
+        gradient_accumulation_steps=None,
+        new_dataset_path=None,
+    )
     base.update(kw)
     return SimpleNamespace(**base)
 
 
 # ---- the original's rows ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dataset_type", list(READERS))
 def test_fixture_rows_identical(tok, expected, dataset_type):
@@ -116,8 +136,7 @@ def test_truncation_and_finetune_length(tok, caplog):
     full = LMDBDataset(path)[0]
     np.testing.assert_array_equal(sample["text"], full[:20])
     assert sample["loss_mask"].tolist() == [1] * 20
-    args = make_args(max_position_embeddings=20, finetune=True,
-                     max_position_embeddings_finetune=2000)
+    args = make_args(max_position_embeddings=20, finetune=True, max_position_embeddings_finetune=2000)
     sample = get_dataset_by_type("TokenizedDataset", path, tok, args)[0]
     n = len(full)
     assert len(sample["text"]) == 2000 and sample["loss_mask"].sum() == n
@@ -130,6 +149,7 @@ def test_unknown_dataset_type(tok):
 
 
 # ---- untrusted pickles --------------------------------------------------------------------
+
 
 class _SystemCall:
     def __init__(self, marker):
@@ -186,8 +206,14 @@ def test_malicious_tuple_row_refused(tok, tmp_path):
 
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 def test_safe_loads_accepts_numpy_data(protocol):
-    row = ("一只猫", np.arange(1024, dtype=np.int32).reshape(32, 32), np.int64(7), [1.5, None],
-           {"k": b"v"}, np.float32(2.5))
+    row = (
+        "一只猫",
+        np.arange(1024, dtype=np.int32).reshape(32, 32),
+        np.int64(7),
+        [1.5, None],
+        {"k": b"v"},
+        np.float32(2.5),
+    )
     out = safe_loads(pickle.dumps(row, protocol=protocol))
     assert out[0] == row[0]
     np.testing.assert_array_equal(out[1], row[1])
@@ -205,10 +231,16 @@ def test_safe_loads_refuses_other_globals():
 
 # ---- our writer ---------------------------------------------------------------------------
 
+
 def test_row_format_round_trip():
-    rows = [np.arange(10, dtype=np.int64), ("一只猫 a cat", np.arange(64, dtype=np.int16).reshape(8, 8)),
-            [1, 2, 3], (b"raw", 3, 2.5, ("nested", np.zeros((0,), np.float32))),
-            torch.tensor([4, 5]), np.arange(6, dtype=">i4").reshape(2, 3)]
+    rows = [
+        np.arange(10, dtype=np.int64),
+        ("一只猫 a cat", np.arange(64, dtype=np.int16).reshape(8, 8)),
+        [1, 2, 3],
+        (b"raw", 3, 2.5, ("nested", np.zeros((0,), np.float32))),
+        torch.tensor([4, 5]),
+        np.arange(6, dtype=">i4").reshape(2, 3),
+    ]
     for row in rows:
         data = encode_row(row)
         assert b"pickle" not in data
@@ -313,14 +345,18 @@ def test_dataset_pickles_for_workers(tmp_path):
 
 # ---- splits, mapping, samplers, loaders ----------------------------------------------------
 
-@pytest.mark.parametrize("split,valid,test,want", [
-    ("949,50,1", None, None, [0.949, 0.05, 0.001]),
-    ("8/2", None, None, [0.8, 0.2, 0.0]),
-    ("0.8", None, None, [0.8, 0.2, 0.0]),
-    ("1000,1,1", ["v"], None, [1000 / 1001, 0.0, 1 / 1001]),
-    ("98,1,1", ["v"], ["t"], [1.0, 0.0, 0.0]),
-    ("0.5,0.2", None, None, [0.5, 0.2, 0.3]),
-])
+
+@pytest.mark.parametrize(
+    "split,valid,test,want",
+    [
+        ("949,50,1", None, None, [0.949, 0.05, 0.001]),
+        ("8/2", None, None, [0.8, 0.2, 0.0]),
+        ("0.8", None, None, [0.8, 0.2, 0.0]),
+        ("1000,1,1", ["v"], None, [1000 / 1001, 0.0, 1 / 1001]),
+        ("98,1,1", ["v"], ["t"], [1.0, 0.0, 0.0]),
+        ("0.5,0.2", None, None, [0.5, 0.2, 0.3]),
+    ],
+)
 def test_get_split(split, valid, test, want):
     got = get_split(make_args(split=split, valid_data=valid, test_data=test))
     np.testing.assert_allclose(got, want)
@@ -335,8 +371,7 @@ def test_get_split_errors(split):
 def test_split_ds_ranges():
     ds = list(range(1000))
     train, valid, test = split_ds(ds, [0.949, 0.05, 0.001])
-    assert (train.split_range, valid.split_range, test.split_range) == \
-        ((0, 949), (949, 999), (999, 1000))
+    assert (train.split_range, valid.split_range, test.split_range) == ((0, 949), (949, 999), (999, 1000))
     assert valid[0] == 949 and len(test) == 1
     train, valid, test = split_ds(list(range(10)), [0.98, 0.01, 0.01])
     assert len(valid) >= 1 and len(test) >= 1  # every non-zero part gets an item
@@ -350,7 +385,7 @@ def test_random_mapping():
     assert len(ds) == 1400
     for i in (0, 1, 2, 99, 1399):
         rng = random.Random(i)
-        seed = [rng.randint(0, 2 ** 32 - 1) for _ in range(16)]
+        seed = [rng.randint(0, 2**32 - 1) for _ in range(16)]
         assert ds[i] == np.random.RandomState(seed=seed).randint(7)
     assert len({ds[i] for i in range(100)}) == 7
 
@@ -369,21 +404,28 @@ def test_sampler_resume(world_size, accum):
     data = range(103)
     for rank in range(world_size):
         make = lambda start: DistributedBatchSampler(  # noqa: E731
-            torch.utils.data.SequentialSampler(data), 8, drop_last=world_size > 1, rank=rank,
-            world_size=world_size, start_iter=start, gradient_accumulation_steps=accum)
+            torch.utils.data.SequentialSampler(data),
+            8,
+            drop_last=world_size > 1,
+            rank=rank,
+            world_size=world_size,
+            start_iter=start,
+            gradient_accumulation_steps=accum,
+        )
         full = _batches(make(0))
         assert all(len(b) == 8 // world_size for b in full[:-1])
         per_iter = accum or 1
         for k in (0, 1, 3, 4, 13):  # past the end of a pass: wraps around
-            assert _batches(make(k)) == full[(k * per_iter) % len(full):]
+            assert _batches(make(k)) == full[(k * per_iter) % len(full) :]
         resumed = make(2)
-        assert _batches(resumed) == full[2 * per_iter:]
+        assert _batches(resumed) == full[2 * per_iter :]
         assert _batches(resumed) == full  # the next pass starts from the beginning
 
 
 def test_sampler_rank_slices_cover_global_batch():
     sampler = lambda r: DistributedBatchSampler(  # noqa: E731
-        torch.utils.data.SequentialSampler(range(40)), 8, True, rank=r, world_size=4)
+        torch.utils.data.SequentialSampler(range(40)), 8, True, rank=r, world_size=4
+    )
     per_rank = [_batches(sampler(r)) for r in range(4)]
     for step in range(5):
         assert sum((per_rank[r][step] for r in range(4)), []) == list(range(8 * step, 8 * step + 8))
@@ -415,8 +457,7 @@ def test_make_loaders_repeats_and_eval_sets(tok, tmp_path):
     t2i, i2t, plain, valid = (str(tmp_path / f"{n}.lmdb") for n in ("a_t2i", "a_i2t", "plain", "v"))
     for path in (t2i, i2t, plain, valid):
         write_rows(path, rows)
-    args = make_args(train_data=[t2i, i2t, plain], valid_data=[valid], split="1000,1,1",
-                     max_position_embeddings=8)
+    args = make_args(train_data=[t2i, i2t, plain], valid_data=[valid], split="1000,1,1", max_position_embeddings=8)
     train, val, test = make_loaders(args, tok, rank=0, world_size=1)
     # (4 + 2 + 1) x 2 rows x 200, valid share zeroed; test keeps its share
     assert len(train.dataset) + len(test.dataset) == 7 * 2 * 200
@@ -448,8 +489,7 @@ def test_loader_workers_match_main_process(tok):
     paths = [fixture_path("misc", "data", "TextCodeDataset.lmdb")]
     batches = []
     for workers in (0, 2):
-        args = make_args(train_data=paths, dataset_type="TextCodeDataset", split="1",
-                         batch_size=2, num_workers=workers)
+        args = make_args(train_data=paths, dataset_type="TextCodeDataset", split="1", batch_size=2, num_workers=workers)
         train, _, _ = make_loaders(args, tok, rank=0, world_size=1)
         batches.append([b["text"] for _, b in zip(range(3), train)])
     for a, b in zip(*batches):

@@ -4,6 +4,7 @@ These check what the README promises on a fresh CPU machine: the scripts find th
 checkpoints by themselves, and what comes out matches the prompts. Skipped when the
 demo checkpoints are not in pretrained/ (before ./scripts/train_demo.sh has run).
 """
+
 from __future__ import annotations
 
 import glob
@@ -17,36 +18,46 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from demo.checker import check_image, read_scene
 from demo.shapes import parse_caption
 from generation.queries import Query
-from demo.checker import check_image, read_scene
 
 from .conftest import ROOT
 
 DEMO = os.path.join(ROOT, "pretrained", "cogview", "cogview-demo")
 DEMO_SR = os.path.join(ROOT, "pretrained", "cogview", "cogview-demo-sr")
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not os.path.isdir(DEMO),
-                                 reason="shipped demo model absent (run ./scripts/train_demo.sh)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.isdir(DEMO), reason="shipped demo model absent (run ./scripts/train_demo.sh)"),
+]
 
 
 def run_script(script: str, tmp_path, lines=None, source=None, **env_vars):
     if lines is not None:
         source = tmp_path / "in.txt"
         source.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    env = dict(os.environ, INPUT_SOURCE=str(source), OUTPUT_PATH=str(tmp_path / "out"), CUDA_VISIBLE_DEVICES="",
-               **env_vars)
+    env = dict(
+        os.environ, INPUT_SOURCE=str(source), OUTPUT_PATH=str(tmp_path / "out"), CUDA_VISIBLE_DEVICES="", **env_vars
+    )
     env.pop("CHECKPOINT_PATH", None)  # the scripts must find the shipped model themselves
-    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", script), "--seed", "11"], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        ["bash", os.path.join(ROOT, "scripts", script), "--seed", "11"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
 def test_text2image_script_draws_what_the_prompts_say(tmp_path):
-    prompts = ["a large yellow heart in the center on a gray background",
-               "白色背景上，一个中等大小的蓝色正方形在中间",
-               "a green circle above an orange square on a black background"]
+    prompts = [
+        "a large yellow heart in the center on a gray background",
+        "白色背景上，一个中等大小的蓝色正方形在中间",
+        "a green circle above an orange square on a black background",
+    ]
     result = run_script("text2image.sh", tmp_path, prompts, BATCH_SIZE="2", MAX_INFERENCE_BATCH_SIZE="2")
     assert "using the shipped demo model" in result.stderr
     folders = sorted(glob.glob(str(tmp_path / "out" / "*")))
@@ -106,8 +117,13 @@ def test_super_resolution_scripts_double_the_side(tmp_path):
 
 
 def test_inpainting_keeps_the_rest_of_the_image(tmp_path):
-    run_script("inpainting.sh", tmp_path, source=os.path.join(ROOT, "input_inpainting.txt"),
-               BATCH_SIZE="1", MAX_INFERENCE_BATCH_SIZE="1")
+    run_script(
+        "inpainting.sh",
+        tmp_path,
+        source=os.path.join(ROOT, "input_inpainting.txt"),
+        BATCH_SIZE="1",
+        MAX_INFERENCE_BATCH_SIZE="1",
+    )
     (img,) = glob.glob(str(tmp_path / "out" / "*" / "0.jpg"))
     out = Image.open(img).convert("RGB")
     src = Image.open(os.path.join(ROOT, "assets/examples/blue_diamond_cyan_circle.png")).convert("RGB")
@@ -120,12 +136,24 @@ def test_inpainting_keeps_the_rest_of_the_image(tmp_path):
 def test_eval_script_runs_and_reports_every_measure(tmp_path):
     out = tmp_path / "eval.json"
     sr = ["--sr-images", "1"] if os.path.isdir(DEMO_SR) else ["--sr-model", ""]
-    result = subprocess.run([sys.executable, "-m", "demo.evaluate", "--prompts", "3",
-                             "--train-prompts", "2", *sr, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "demo.evaluate", "--prompts", "3", "--train-prompts", "2", *sr, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     numbers = json.loads(out.read_text())
-    for key in ("vqvae_ceiling", "text2image", "image2text", "image2text_sampled", "image2text_ranked",
-                "post_selection", "text2image_seconds_per_image"):
+    for key in (
+        "vqvae_ceiling",
+        "text2image",
+        "image2text",
+        "image2text_sampled",
+        "image2text_ranked",
+        "post_selection",
+        "text2image_seconds_per_image",
+    ):
         assert key in numbers
     # the shipped config's caption settings are what the evaluation used
     assert numbers["guidance_scale"] == {"text2image": 0.8, "image2text": 0.5}
@@ -145,5 +173,7 @@ def test_eval_script_runs_and_reports_every_measure(tmp_path):
     assert "training-split scenes (pairs seen in training; no target)" in result.stdout
     assert "| text2image one object: shape | >= 80% |" in result.stdout
     assert "| image2text: every attribute, one object, the most likely caption (top-k 1) | >= 90% |" in result.stdout
-    assert ("sampled captions by log p(image given caption) + 3 log p(caption given image) (`--caption-rerank`"
-            in result.stdout)
+    assert (
+        "sampled captions by log p(image given caption) + 3 log p(caption given image) (`--caption-rerank`"
+        in result.stdout
+    )

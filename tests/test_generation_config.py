@@ -1,5 +1,6 @@
 """GenerationConfig (flag > model_config.json > default), the model_config.json reader and
 writer, explicit_dests, and GPT2Config / GPT2Model.from_config."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,11 +20,21 @@ from generation.config import GenerationConfig
 
 from .conftest import ROOT
 
-STORED = {"num_layers": 3, "hidden_size": 48, "num_attention_heads": 4, "max_position_embeddings": 96,
-          "img_size": 64, "img_tokenizer_path": "../tok/vq.pt", "txt_tokenizer_path": "/abs/sp.model",
-          "sr_text_length": 20, "roi2_position_restart": False,
-          "guidance_scale": {"image2text": 0.5, "text2image": 0.8}, "guidance_top_k": {"text2image": 2},
-          "caption_rerank": True, "caption_rerank_weight": 3}
+STORED = {
+    "num_layers": 3,
+    "hidden_size": 48,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 96,
+    "img_size": 64,
+    "img_tokenizer_path": "../tok/vq.pt",
+    "txt_tokenizer_path": "/abs/sp.model",
+    "sr_text_length": 20,
+    "roi2_position_restart": False,
+    "guidance_scale": {"image2text": 0.5, "text2image": 0.8},
+    "guidance_top_k": {"text2image": 2},
+    "caption_rerank": True,
+    "caption_rerank_weight": 3,
+}
 
 
 def checkpoint(tmp_path, config) -> str:
@@ -53,9 +64,24 @@ def test_checkpoint_values_fill_the_flags_not_given(tmp_path):
 
 def test_a_given_flag_beats_the_checkpoint_even_at_its_default_value(tmp_path):
     folder = checkpoint(tmp_path, STORED)
-    cfg = build("--load", folder, "--device", "cpu", "--num-layers", "5", "--guidance-scale", "0",
-                "--no-caption-rerank", "--caption-rerank-weight", "0", "--img-tokenizer-path", "mine/vq.pt",
-                "--roi2-position-restart", "--sr-text-length", "0")
+    cfg = build(
+        "--load",
+        folder,
+        "--device",
+        "cpu",
+        "--num-layers",
+        "5",
+        "--guidance-scale",
+        "0",
+        "--no-caption-rerank",
+        "--caption-rerank-weight",
+        "0",
+        "--img-tokenizer-path",
+        "mine/vq.pt",
+        "--roi2-position-restart",
+        "--sr-text-length",
+        "0",
+    )
     assert cfg.num_layers == 5 and cfg.hidden_size == 48  # only the given flag
     assert cfg.guidance("text2image") == (0.0, 2) and cfg.guidance("image2text") == (0.0, 0)  # top-k: still the file's
     assert cfg.caption_rerank is False and cfg.caption_rerank_weight == 0.0
@@ -81,18 +107,21 @@ def test_explicit_dests_are_the_flags_given_whatever_their_value():
     assert explicit_dests([]) == set()
 
 
-@pytest.mark.parametrize("key,value", [
-    ("num_layers", "8"),
-    ("hidden_size", 32.0),
-    ("max_position_embeddings", True),
-    ("img_tokenizer_path", 3),
-    ("guidance_scale", 0.8),
-    ("guidance_scale", {"text2image": "high"}),
-    ("guidance_top_k", {"text2image": -1}),
-    ("caption_rerank", "yes"),
-    ("caption_rerank_weight", None),
-    ("roi2_position_restart", 0),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("num_layers", "8"),
+        ("hidden_size", 32.0),
+        ("max_position_embeddings", True),
+        ("img_tokenizer_path", 3),
+        ("guidance_scale", 0.8),
+        ("guidance_scale", {"text2image": "high"}),
+        ("guidance_top_k", {"text2image": -1}),
+        ("caption_rerank", "yes"),
+        ("caption_rerank_weight", None),
+        ("roi2_position_restart", 0),
+    ],
+)
 def test_a_mistyped_value_is_one_line_naming_file_and_key(tmp_path, capsys, key, value):
     folder = checkpoint(tmp_path, dict(STORED, **{key: value}))
     path = os.path.join(folder, MODEL_CONFIG_FILENAME)
@@ -139,9 +168,18 @@ def test_generation_does_not_import_the_command_line_parser():
         assert "import arguments" not in text and "from arguments" not in text, file
 
 
-SHAPE = dict(num_layers=2, vocab_size=96, hidden_size=32, num_attention_heads=4, embedding_dropout_prob=0.1,
-             attention_dropout_prob=0.1, output_dropout_prob=0.1, max_sequence_length=40, max_memory_length=0,
-             checkpoint_activations=False)
+SHAPE = dict(
+    num_layers=2,
+    vocab_size=96,
+    hidden_size=32,
+    num_attention_heads=4,
+    embedding_dropout_prob=0.1,
+    attention_dropout_prob=0.1,
+    output_dropout_prob=0.1,
+    max_sequence_length=40,
+    max_memory_length=0,
+    checkpoint_activations=False,
+)
 
 
 def test_from_config_builds_the_positional_constructors_model():
@@ -157,13 +195,44 @@ def test_from_config_builds_the_positional_constructors_model():
 
 
 def test_gpt2_config_from_args_reads_the_model_flags():
-    args = get_args(["--num-layers", "3", "--hidden-size", "64", "--num-attention-heads", "8",
-                     "--max-position-embeddings", "50", "--hidden-dropout", "0.2", "--attention-dropout", "0.3",
-                     "--pb-relax-attention", "--pb-relax-alpha", "16", "--device", "cpu"])
+    args = get_args(
+        [
+            "--num-layers",
+            "3",
+            "--hidden-size",
+            "64",
+            "--num-attention-heads",
+            "8",
+            "--max-position-embeddings",
+            "50",
+            "--hidden-dropout",
+            "0.2",
+            "--attention-dropout",
+            "0.3",
+            "--pb-relax-attention",
+            "--pb-relax-alpha",
+            "16",
+            "--device",
+            "cpu",
+        ]
+    )
     cfg = GPT2Config.from_args(args, 256)
     assert dataclasses.asdict(cfg) == dict(
-        num_layers=3, vocab_size=256, hidden_size=64, num_attention_heads=8, embedding_dropout_prob=0.2,
-        attention_dropout_prob=0.3, output_dropout_prob=0.2, max_sequence_length=50,
-        max_memory_length=args.max_memory_length, checkpoint_activations=False, checkpoint_num_layers=1,
-        parallel_output=True, query_window=128, key_window_times=6, num_pivot=768, pb_relax_attention=True,
-        pb_relax_alpha=16.0)
+        num_layers=3,
+        vocab_size=256,
+        hidden_size=64,
+        num_attention_heads=8,
+        embedding_dropout_prob=0.2,
+        attention_dropout_prob=0.3,
+        output_dropout_prob=0.2,
+        max_sequence_length=50,
+        max_memory_length=args.max_memory_length,
+        checkpoint_activations=False,
+        checkpoint_num_layers=1,
+        parallel_output=True,
+        query_window=128,
+        key_window_times=6,
+        num_pivot=768,
+        pb_relax_attention=True,
+        pb_relax_alpha=16.0,
+    )

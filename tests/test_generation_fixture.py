@@ -1,4 +1,5 @@
 """Sampling filter and super-resolution windows against the original's outputs."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -59,7 +60,16 @@ def test_magnify_windows_and_result_reproduced_exactly():
 def test_windows_cover_every_cell_for_any_grid(grid):
     covered = torch.zeros(2 * grid, 2 * grid, dtype=torch.bool)
     for i, j, rows in magnify_windows(grid):
-        covered[16 * i:16 * i + rows, 16 * j:16 * j + 32] = True
+        covered[16 * i : 16 * i + rows, 16 * j : 16 * j + 32] = True
     assert bool(covered.all())
-    assert magnify_windows(32) == [(0, 0, 18), (0, 1, 30), (0, 2, 30), (1, 1, 30), (1, 0, 30), (1, 2, 30),
-                                   (2, 0, 32), (2, 1, 32), (2, 2, 32)]
+    assert magnify_windows(32) == [
+        (0, 0, 18),
+        (0, 1, 30),
+        (0, 2, 30),
+        (1, 1, 30),
+        (1, 0, 30),
+        (1, 2, 30),
+        (2, 0, 32),
+        (2, 1, 32),
+        (2, 2, 32),
+    ]

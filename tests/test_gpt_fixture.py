@@ -1,5 +1,6 @@
 """GPT2Model against the original's outputs (../shared/fixtures/original/gpt), minGPT style:
 same weights, same inputs, logits compared to the reference implementation's."""
+
 from __future__ import annotations
 
 import pytest
@@ -107,8 +108,12 @@ def test_loss_with_txt_loss_scale(data):
     torch.testing.assert_close(img_loss.view(1), exp["img_loss"], **TOL)
     torch.testing.assert_close(txt_loss.view(1), exp["txt_loss"], **TOL)
     # and equals the library cross entropy for a single model-parallel rank
-    torch.testing.assert_close(losses, torch.nn.functional.cross_entropy(
-        logits.float().transpose(1, 2), labels, reduction="none"), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        losses,
+        torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none"),
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -117,6 +122,7 @@ def test_loss_with_txt_loss_scale(data):
 def test_every_device_one_code_path(data, device, use_cache):
     _, inp, exp = data
     model = build_fixture_model().to(device)
-    logits, _ = incremental_logits(model, inp["tokens"].to(device), inp["position_ids"].to(device),
-                                   inp["step_bounds"], use_cache)
+    logits, _ = incremental_logits(
+        model, inp["tokens"].to(device), inp["position_ids"].to(device), inp["step_bounds"], use_cache
+    )
     torch.testing.assert_close(logits.cpu(), exp["steps_logits"], **TOL)

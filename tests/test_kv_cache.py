@@ -1,4 +1,5 @@
 """The KV cache and the SDPA fast path against the original's algorithms."""
+
 from __future__ import annotations
 
 import pytest
@@ -53,8 +54,9 @@ def test_cache_select_expands_one_prompt_to_many_samples():
     nxt = torch.tensor([[5], [6], [7]])
     logits, *_ = model(nxt, torch.full((3, 1), 12), 0, kv_cache=cache)
     for row in range(3):
-        full, *_ = model(torch.cat([ids, nxt[row:row + 1]], 1), torch.arange(13)[None],
-                         torch.ones(1, 1, 13, 13).tril_())
+        full, *_ = model(
+            torch.cat([ids, nxt[row : row + 1]], 1), torch.arange(13)[None], torch.ones(1, 1, 13, 13).tril_()
+        )
         torch.testing.assert_close(logits[row], full[0, -1:], atol=1e-6, rtol=1e-6)
 
 
@@ -66,14 +68,15 @@ def test_cache_truncates_like_memories():
     cache, mems = model.new_kv_cache(), []
     for t in range(20):
         mask = torch.ones(1, 1, 1, 1) if t == 0 else 0
-        a, *_ = model(ids[:, t:t + 1], pos[:, t:t + 1], mask, kv_cache=cache)
-        b, *mems = model(ids[:, t:t + 1], pos[:, t:t + 1], mask, None, None, 0, *mems)
+        a, *_ = model(ids[:, t : t + 1], pos[:, t : t + 1], mask, kv_cache=cache)
+        b, *mems = model(ids[:, t : t + 1], pos[:, t : t + 1], mask, None, None, 0, *mems)
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
         assert cache.length == min(8, t + 1) and mems[0].size(1) == min(8, t + 1)
 
 
-@pytest.mark.parametrize("mask_arg,q,mem", [
-    (0, 1, 9), (0, 5, 0), (0, 5, 7), (3, 6, 0), (2, 4, 5), ("tensor", 6, 0), ("random", 6, 3)])
+@pytest.mark.parametrize(
+    "mask_arg,q,mem", [(0, 1, 9), (0, 5, 0), (0, 5, 7), (3, 6, 0), (2, 4, 5), ("tensor", 6, 0), ("random", 6, 3)]
+)
 def test_sdpa_path_equals_the_original_formula(mask_arg, q, mem):
     torch.manual_seed(0)
     k_len = q + mem
@@ -92,10 +95,10 @@ def test_sdpa_path_equals_the_original_formula(mask_arg, q, mem):
 
 def test_sep_mask_layout():
     mask = build_attention_mask(2, 4, 3).dense(torch.device("cpu"))[0, 0]
-    expected = torch.tensor([[1, 1, 1, 1, 1, 0, 0],
-                             [1, 1, 1, 1, 1, 0, 0],
-                             [1, 1, 1, 1, 1, 1, 0],
-                             [1, 1, 1, 1, 1, 1, 1]], dtype=torch.float32)
+    expected = torch.tensor(
+        [[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1]],
+        dtype=torch.float32,
+    )
     assert torch.equal(mask, expected)
 
 
@@ -116,6 +119,7 @@ def test_half_precision_forward_runs_and_stays_close(dtype):
 def test_decode_linear_equals_f_linear(rows):
     """The batched-GEMM kernel for a few rows on CPU computes the same linear map."""
     from arch.mpu.layers import linear
+
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

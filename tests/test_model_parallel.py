@@ -1,4 +1,5 @@
 """Model parallelism: 2 processes on gloo equal one process; checkpoint split/merge."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,13 @@ import sys
 import pytest
 import torch
 
-from arch import GPT2Model, load_checkpoint_state, merge_model_parallel_states, save_checkpoint
-from arch import split_model_parallel_state
+from arch import (
+    GPT2Model,
+    load_checkpoint_state,
+    merge_model_parallel_states,
+    save_checkpoint,
+    split_model_parallel_state,
+)
 from arch.change_mp import main as change_mp_main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -18,8 +24,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 @pytest.mark.slow
 def test_two_process_model_parallel_equals_single_process():
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(HERE, "mp_worker.py")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        os.path.join(HERE, "mp_worker.py"),
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("equal") == 2, result.stdout

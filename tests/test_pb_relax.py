@@ -1,4 +1,5 @@
 """PB-relax: the LayerNorm rescale and the paper's attention form."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,9 +12,18 @@ from arch.layernorm import PBRelaxLayerNorm
 
 def test_pb_relax_attention_changes_nothing_in_float64():
     torch.manual_seed(0)
-    kw = dict(num_layers=2, vocab_size=64, hidden_size=32, num_attention_heads=4, embedding_dropout_prob=0.0,
-              attention_dropout_prob=0.0, output_dropout_prob=0.0, max_sequence_length=32,
-              max_memory_length=0, checkpoint_activations=False)
+    kw = dict(
+        num_layers=2,
+        vocab_size=64,
+        hidden_size=32,
+        num_attention_heads=4,
+        embedding_dropout_prob=0.0,
+        attention_dropout_prob=0.0,
+        output_dropout_prob=0.0,
+        max_sequence_length=32,
+        max_memory_length=0,
+        checkpoint_activations=False,
+    )
     plain = GPT2Model(**kw).double().eval()
     relaxed = GPT2Model(pb_relax_attention=True, pb_relax_alpha=32.0, **kw).double().eval()
     relaxed.load_state_dict(plain.state_dict())

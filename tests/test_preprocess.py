@@ -1,4 +1,5 @@
 """preprocess_entry.py: images + captions -> LMDB rows, bad inputs reported, kill + resume."""
+
 from __future__ import annotations
 
 import io
@@ -29,8 +30,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMG_SIZE = 64  # 8x8 codes with the x8 VQ-VAE below
 N_GOOD = 12
 CONVERTIBLE = {"cmyk.jpg": "CMYK", "palette.png": "P converted", "rgba.png": "transparency"}
-SKIPPED = {"missing.png": "missing file", "notimage.png": "not an image",
-           "truncated.png": "truncated", "tiny.png": "too small"}
+SKIPPED = {
+    "missing.png": "missing file",
+    "notimage.png": "not an image",
+    "truncated.png": "truncated",
+    "tiny.png": "too small",
+}
 
 
 def draw(rng: np.random.Generator, size=(64, 48)) -> Image.Image:
@@ -54,8 +59,9 @@ def assets(tmp_path_factory):
     rng = np.random.default_rng(0)
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(" ".join(rng.choice(words, 6)) for _ in range(300)) + "\n")
-    sp = train_text_tokenizer(str(corpus), str(root / "sp"), vocab_size=60, character_coverage=1.0,
-                              hard_vocab_limit=False)
+    sp = train_text_tokenizer(
+        str(corpus), str(root / "sp"), vocab_size=60, character_coverage=1.0, hard_vocab_limit=False
+    )
     images = root / "images"
     images.mkdir()
     lines, good = [], {}
@@ -74,7 +80,7 @@ def assets(tmp_path_factory):
     (images / "notimage.png").write_text("this is not a png")
     buf = io.BytesIO()
     draw(rng).save(buf, format="PNG")
-    (images / "truncated.png").write_bytes(buf.getvalue()[:len(buf.getvalue()) * 2 // 3])
+    (images / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
     draw(rng, (4, 4)).save(images / "tiny.png")
     for k, name in enumerate(list(CONVERTIBLE) + list(SKIPPED)):
         caption = f"special image {k}"
@@ -88,9 +94,22 @@ def assets(tmp_path_factory):
 
 
 def cli(assets, output, *extra: str) -> list:
-    return ["--captions", str(assets["captions"]), "--images", str(assets["images"]),
-            "--img-tokenizer-path", assets["vqvae"], "--txt-tokenizer-path", assets["sp"],
-            "--output", str(output), "--img-size", str(IMG_SIZE), "--no-progress", *extra]
+    return [
+        "--captions",
+        str(assets["captions"]),
+        "--images",
+        str(assets["images"]),
+        "--img-tokenizer-path",
+        assets["vqvae"],
+        "--txt-tokenizer-path",
+        assets["sp"],
+        "--output",
+        str(output),
+        "--img-size",
+        str(IMG_SIZE),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def codes_of(model, path: str, size: int = IMG_SIZE) -> np.ndarray:
@@ -120,8 +139,9 @@ def check_report(output) -> None:
 def test_kill_and_resume_writes_each_good_image_once(assets, tmp_path):
     """SIGKILL after the first commits, rerun: every good or convertible image exactly once."""
     out = tmp_path / "data.lmdb"
-    args = cli(assets, out, "--output-format", "TextCode", "--batch-size", "2", "--commit-every", "2",
-               "--num-workers", "2")
+    args = cli(
+        assets, out, "--output-format", "TextCode", "--batch-size", "2", "--commit-every", "2", "--num-workers", "2"
+    )
     argv = [sys.executable, os.path.join(ROOT, "preprocess_entry.py"), *args]
     slow = [sys.executable, os.path.join(ROOT, "tests", "slow_preprocess_worker.py"), "0.4", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -139,8 +159,9 @@ def test_kill_and_resume_writes_each_good_image_once(assets, tmp_path):
     close_reader(str(out))
     assert 2 <= partial < len(assets["good"])
 
-    res = subprocess.run(argv, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                         text=True, cwd=tmp_path, timeout=120)
+    res = subprocess.run(
+        argv, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert res.returncode == 0, res.stderr
     assert f"{len(assets['good'])} rows" in res.stdout
     ds = LMDBDataset(str(out))
@@ -166,8 +187,10 @@ def test_tokenized_rows_are_text_code_templates(assets, tmp_path):
     ds = LMDBDataset(str(out))
     assert len(ds) == len(assets["good"])
     names = [n for n in assets["good"] if n.startswith("good")]
-    expected = {tuple(TextCodeTemplate(assets["good"][n], codes_of(model, str(assets["images"] / n)),
-                                       tokenizer=tok).tolist()) for n in names}
+    expected = {
+        tuple(TextCodeTemplate(assets["good"][n], codes_of(model, str(assets["images"] / n)), tokenizer=tok).tolist())
+        for n in names
+    }
     got = {tuple(ds[i].tolist()) for i in range(len(ds))}
     assert expected <= got
     row = ds[0]
@@ -193,16 +216,24 @@ def test_text_code_rows_read_by_training_dataset(assets, tmp_path):
         f.write("{broken json\n")
         f.write(json.dumps({"image": "good1.png", "caption": 3}) + "\n")
     out = tmp_path / "tc.lmdb"
-    summary = run(PreprocessConfig(captions=str(records), output=str(out), img_tokenizer_path=assets["vqvae"],
-                                   output_format="TextCode", img_size=IMG_SIZE, num_workers=0,
-                                   progress=False))
+    summary = run(
+        PreprocessConfig(
+            captions=str(records),
+            output=str(out),
+            img_tokenizer_path=assets["vqvae"],
+            output_format="TextCode",
+            img_size=IMG_SIZE,
+            num_workers=0,
+            progress=False,
+        )
+    )
     assert (summary.total_rows, summary.skipped) == (4, 2)
     tok = UnifiedTokenizer(img_tokenizer_num_tokens=64, txt_tokenizer_path=assets["sp"])
     args = type("Args", (), {"max_position_embeddings": 128})()
     ds = get_dataset_by_type("TextCodeDataset", str(out), tok, args)
     text, codes = LMDBDataset(str(out))[0]
     expected = TextCodeTemplate(text, codes, tokenizer=tok)
-    np.testing.assert_array_equal(ds[0]["text"][:len(expected)], expected)
+    np.testing.assert_array_equal(ds[0]["text"][: len(expected)], expected)
     close_reader(str(out))
     _, rows = read_report(out)
     skipped = sorted(r[3].split(" (")[0] for r in rows if r[2] == "skipped")
@@ -234,8 +265,19 @@ def test_resume_with_other_settings_is_refused(assets, tmp_path, capsys):
     records = tmp_path / "c.tsv"
     records.write_text(f"{assets['images'] / 'good2.png'}\tone image\n")
     out = tmp_path / "o.lmdb"
-    base = ["--captions", str(records), "--img-tokenizer-path", assets["vqvae"], "--txt-tokenizer-path",
-            assets["sp"], "--output", str(out), "--num-workers", "0", "--no-progress"]
+    base = [
+        "--captions",
+        str(records),
+        "--img-tokenizer-path",
+        assets["vqvae"],
+        "--txt-tokenizer-path",
+        assets["sp"],
+        "--output",
+        str(out),
+        "--num-workers",
+        "0",
+        "--no-progress",
+    ]
     assert main(base + ["--img-size", "64"]) == 0
     assert main(base + ["--img-size", "128"]) == 1
     assert "other settings" in capsys.readouterr().err
@@ -256,14 +298,14 @@ def test_super_resolution_rows_match_magnify(assets, grid, text_length):
     text = tok.EncodeAsIds("a red cat")
     layout = sr_layout(grid)
     rows = [sr_row(tok, text, low, high, p, layout, text_length) for p in sr_positions(layout)]
-    assert len(rows) == layout.count ** 2 == 9  # 3 x 3 windows at every grid
+    assert len(rows) == layout.count**2 == 9  # 3 x 3 windows at every grid
     calls = []
 
     def fill(seq):
         known = seq.index(-1)
         match = [r for r in rows if r[:known].tolist() == seq[:known]]
         assert len(match) == 1 and len(seq) < len(match[0])  # windows may stop before the last rows
-        row = match[0][:len(seq)]
+        row = match[0][: len(seq)]
         assert all(s in (-1, r) for s, r in zip(seq, row.tolist(), strict=True))
         calls.append(known)
         return torch.as_tensor(row).view(1, -1)
@@ -292,8 +334,23 @@ def test_super_resolution_cli_pads_captions(assets, tmp_path):
     lengths = sorted(len(tok.EncodeAsIds(c)) for n, c in assets["good"].items() if n.startswith("good"))
     limit = lengths[-1] - 1  # the longest caption no longer fits
     out = tmp_path / "sr_pad.lmdb"
-    assert main(cli(assets, out, "--task", "super-resolution", "--num-workers", "0", "--batch-size", "4",
-                    "--sr-text-length", str(limit))) == 0
+    assert (
+        main(
+            cli(
+                assets,
+                out,
+                "--task",
+                "super-resolution",
+                "--num-workers",
+                "0",
+                "--batch-size",
+                "4",
+                "--sr-text-length",
+                str(limit),
+            )
+        )
+        == 0
+    )
     ds = LMDBDataset(str(out))
     rows = [np.asarray(ds[i]) for i in range(len(ds))]
     close_reader(str(out))
@@ -317,8 +374,14 @@ def test_super_resolution_cli_rows(assets, tmp_path):
     for name in [n for n in assets["good"] if n.startswith("good")]:
         path = str(assets["images"] / name)
         for position in sr_positions(layout):
-            row = sr_row(tok, tok.EncodeAsIds(assets["good"][name]), codes_of(model, path),
-                         codes_of(model, path, 2 * IMG_SIZE), position, layout)
+            row = sr_row(
+                tok,
+                tok.EncodeAsIds(assets["good"][name]),
+                codes_of(model, path),
+                codes_of(model, path, 2 * IMG_SIZE),
+                position,
+                layout,
+            )
             assert tuple(row.tolist()) in rows
     row = np.asarray(next(iter(rows)))
     names = [tok.DecodeIds([int(x)])[0][0] for x in row[row >= tok.command_offset]]
@@ -330,8 +393,12 @@ def test_super_resolution_cli_low_level_rows(assets, tmp_path):
     """--sr-low-level: one more row per image, the whole image at half size -> full size
     (the low-level super-resolution query), beside the nine windows."""
     out = tmp_path / "sr_low.lmdb"
-    assert main(cli(assets, out, "--task", "super-resolution", "--sr-low-level", "--num-workers", "0",
-                    "--batch-size", "4")) == 0
+    assert (
+        main(
+            cli(assets, out, "--task", "super-resolution", "--sr-low-level", "--num-workers", "0", "--batch-size", "4")
+        )
+        == 0
+    )
     tok = UnifiedTokenizer(img_tokenizer_num_tokens=64, txt_tokenizer_path=assets["sp"])
     model = load_model(assets["vqvae"])
     ds = LMDBDataset(str(out))
@@ -340,8 +407,9 @@ def test_super_resolution_cli_low_level_rows(assets, tmp_path):
     close_reader(str(out))
     for name in [n for n in assets["good"] if n.startswith("good")]:
         path = str(assets["images"] / name)
-        row = low_level_sr_row(tok, tok.EncodeAsIds(assets["good"][name]), codes_of(model, path, IMG_SIZE // 2),
-                               codes_of(model, path))
+        row = low_level_sr_row(
+            tok, tok.EncodeAsIds(assets["good"][name]), codes_of(model, path, IMG_SIZE // 2), codes_of(model, path)
+        )
         assert tuple(row.tolist()) in rows
         assert len(row) - np.argmax(row == tok["[BOI2]"]) - 2 == (IMG_SIZE // 8) ** 2
 
@@ -374,9 +442,18 @@ def test_long_captions_are_skipped_with_max_text_tokens(assets, tmp_path):
     image = assets["images"] / "good2.png"
     records.write_text(f"{image}\tcat\n{image}\t{' '.join(['a red cat sits on the mat'] * 4)}\n")
     out = tmp_path / "long.lmdb"
-    summary = run(PreprocessConfig(captions=str(records), output=str(out), img_tokenizer_path=assets["vqvae"],
-                                   txt_tokenizer_path=assets["sp"], img_size=IMG_SIZE, max_text_tokens=8,
-                                   num_workers=0, progress=False))
+    summary = run(
+        PreprocessConfig(
+            captions=str(records),
+            output=str(out),
+            img_tokenizer_path=assets["vqvae"],
+            txt_tokenizer_path=assets["sp"],
+            img_size=IMG_SIZE,
+            max_text_tokens=8,
+            num_workers=0,
+            progress=False,
+        )
+    )
     assert (summary.total_rows, summary.skipped) == (1, 1)
     _, rows = read_report(out)
     assert rows[0][0] == "2" and rows[0][3].startswith("caption too long (")

@@ -62,8 +62,16 @@ def test_relative_links_resolve(doc):
 
 def _copy_checkout(dst: str) -> None:
     """The files git knows of (tracked, and untracked but not ignored), as a fresh clone has them."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, listed):
         src = os.path.join(ROOT, rel)
         if os.path.isfile(src):
@@ -81,8 +89,9 @@ def test_readme_runnable_blocks_run_as_written(tmp_path):
     env.update(CUDA_VISIBLE_DEVICES="", PYTHON=sys.executable)
     text = open(os.path.join(repo, "README.md"), encoding="utf-8").read()
     for block in runnable_blocks(text):
-        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=repo, env=env, capture_output=True,
-                              text=True, timeout=900)
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block], cwd=repo, env=env, capture_output=True, text=True, timeout=900
+        )
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, f"README block failed:\n{block}\n{output[-3000:]}"
         assert "Traceback" not in output, f"README block printed a traceback:\n{block}\n{output[-3000:]}"
@@ -91,5 +100,6 @@ def test_readme_runnable_blocks_run_as_written(tmp_path):
     assert os.path.isfile(os.path.join(repo, "samples_post_selection", "scores_rank_0.txt"))
     assert os.path.isfile(os.path.join(repo, "data", "examples.lmdb", "data.mdb"))
     saved = [d for d in os.listdir(os.path.join(repo, "data", "checkpoints")) if d.startswith("readme-tiny")]
-    assert saved and os.path.isfile(os.path.join(repo, "data", "checkpoints", saved[0],
-                                                 "latest_checkpointed_iteration.txt"))
+    assert saved and os.path.isfile(
+        os.path.join(repo, "data", "checkpoints", saved[0], "latest_checkpointed_iteration.txt")
+    )

@@ -1,4 +1,5 @@
 """The KV-cache sampler equals the original algorithm and a full-recompute reference."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,8 +9,26 @@ from arch import GPT2Model
 from generation import SamplingConfig, TokenLayout, filling_sequence, generate_in_chunks, inverse_prompt_score
 from generation.sampling import count_to_generate
 
-NAMES = ["[PAD]", "[BOI1]", "[BOI2]", "[BOI3]", "[EOI1]", "[EOI2]", "[EOI3]", "[ROI1]", "[ROI2]", "[ROI3]",
-         "[SEP]", "[MASK]", "[CLS]", "[ENC]", "[TINY]", "[SMALL]", "[BASE]", "[BIG]"] + [f"[POS{i}]" for i in range(9)]
+NAMES = [
+    "[PAD]",
+    "[BOI1]",
+    "[BOI2]",
+    "[BOI3]",
+    "[EOI1]",
+    "[EOI2]",
+    "[EOI3]",
+    "[ROI1]",
+    "[ROI2]",
+    "[ROI3]",
+    "[SEP]",
+    "[MASK]",
+    "[CLS]",
+    "[ENC]",
+    "[TINY]",
+    "[SMALL]",
+    "[BASE]",
+    "[BIG]",
+] + [f"[POS{i}]" for i in range(9)]
 I, T = 32, 40
 LAYOUT = TokenLayout(I, T, {n: I + T + k for k, n in enumerate(NAMES)})
 C = LAYOUT.command_tokens
@@ -29,16 +48,20 @@ def text2image_query(n_codes=16):
 
 def run(model, seq, n, sampler, seed=5, **cfg):
     gen = torch.Generator().manual_seed(seed)
-    return filling_sequence(model, seq, n, LAYOUT, SamplingConfig(**cfg), sampler=sampler, generator=gen,
-                            return_scores=True)
+    return filling_sequence(
+        model, seq, n, LAYOUT, SamplingConfig(**cfg), sampler=sampler, generator=gen, return_scores=True
+    )
 
 
 QUERIES = {
     "text2image": text2image_query(),
     "image2text": [C["[TINY]"], C["[BOI1]"]] + list(range(16)) + [C["[EOI1]"], C["[ROI1]"]] + [-1] * 6,
-    "low-level-sr": [C["[ROI1]"], I + 2, C["[TINY]"], C["[BOI1]"]] + list(range(16)) + [C["[EOI1]"], C["[ROI2]"],
-                     C["[POS0]"], C["[TINY]"], C["[BOI2]"]] + [-1] * 16,
-    "inpainting": [C["[ROI1]"], I + 2, C["[TINY]"], C["[BOI1]"]] + [3, 4, -1, -1, 7, -1, 9, 9, -1, -1, -1, 1, 2, 3, -1, 5],
+    "low-level-sr": [C["[ROI1]"], I + 2, C["[TINY]"], C["[BOI1]"]]
+    + list(range(16))
+    + [C["[EOI1]"], C["[ROI2]"], C["[POS0]"], C["[TINY]"], C["[BOI2]"]]
+    + [-1] * 16,
+    "inpainting": [C["[ROI1]"], I + 2, C["[TINY]"], C["[BOI1]"]]
+    + [3, 4, -1, -1, 7, -1, 9, 9, -1, -1, -1, 1, 2, 3, -1, 5],
     "free-text": [C["[ROI1]"], I + 5] + [-1] * 10,
 }
 
@@ -84,6 +107,7 @@ def test_any_batch_size_with_any_chunk_size(n, mbz):
 
 def test_roi2_positions_match_the_original_rule():
     from generation.sampling import _positions
+
     pos = _positions(0, 8, torch.tensor([3, 100000]))
     assert pos.tolist() == [[0, 1, 2, 3, 1, 2, 3, 4], list(range(8))]
 
@@ -104,7 +128,9 @@ def test_inverse_prompt_score_finds_roi1_and_prefers_likely_text():
     for row in range(2):
         expected = 0.0
         for p in range(19, seq.size(1) - 1):
-            logits, *_ = model(seq[row:row + 1, :p + 1], torch.arange(p + 1)[None], torch.ones(1, 1, p + 1, p + 1).tril_())
+            logits, *_ = model(
+                seq[row : row + 1, : p + 1], torch.arange(p + 1)[None], torch.ones(1, 1, p + 1, p + 1).tril_()
+            )
             lg = logits[0, -1].float()
             lg[:I] = -float("inf")
             expected += torch.log_softmax(lg, -1)[seq[row, p + 1]].item()
@@ -113,11 +139,11 @@ def test_inverse_prompt_score_finds_roi1_and_prefers_likely_text():
         inverse_prompt_score(model, seq[:, :5], C["[ROI1]"], I)
 
 
-
 def test_image_given_text_score_sums_code_log_probs_for_rows_of_any_length():
     """log p(codes | text) of rows ``[ROI1] text [TINY] [BOI1] codes``, texts of different
     lengths in one call, equals an explicit per-row sum (image ids only in the softmax)."""
     from generation import image_given_text_score
+
     model = model_fixture()
     image = [5, 9, 2, 2, 7, 0, 31, 4]
     texts = ([I + 1, I + 2, I + 3], [I + 9], [I + 4, I + 8, I + 8])
@@ -138,6 +164,7 @@ def test_image_given_text_score_sums_code_log_probs_for_rows_of_any_length():
 def test_caption_given_image_score_equals_inverse_prompt_score_row_by_row():
     """Rows of different lengths in one call score as inverse_prompt_score does each on its own."""
     from generation import caption_given_image_score, inverse_prompt_score
+
     model = model_fixture()
     image = [5, 9, 2, 2, 7, 0, 31, 4]
     texts = ([I + 1, I + 2, I + 3], [I + 9], [I + 4, I + 8, I + 8], [I + 5])
@@ -149,6 +176,7 @@ def test_caption_given_image_score_equals_inverse_prompt_score_row_by_row():
     with pytest.raises(ValueError, match="ROI1"):
         caption_given_image_score(model, [[C["[TINY]"], C["[BOI1]"], *image]], C["[ROI1]"], I)
 
+
 def test_super_resolution_windows_identical_for_every_algorithm():
     from generation import magnify
 
@@ -158,8 +186,10 @@ def test_super_resolution_windows_identical_for_every_algorithm():
     results = []
     for sampler in ("full", "kv-cache", "mems"):
         gen = torch.Generator().manual_seed(9)
-        fill = lambda seq: filling_sequence(model, seq, 1, LAYOUT, SamplingConfig(top_k=8), sampler=sampler,  # noqa: E731
-                                            generator=gen)
+
+        def fill(seq, sampler=sampler, gen=gen):
+            return filling_sequence(model, seq, 1, LAYOUT, SamplingConfig(top_k=8), sampler=sampler, generator=gen)
+
         results.append(magnify(low, prefix, fill, C, window=4, stride=2))
     assert results[0].shape == (1, 64) and bool((results[0] < I).all())
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
@@ -197,13 +227,23 @@ def test_guidance_samples_cond_plus_scale_times_cond_minus_prior(task, start):
     full-recompute reference), identical for every algorithm; a scale of 0 is
     unguided sampling."""
     from generation import Guidance
+
     model, seq = model_fixture(), QUERIES[task]
     assert seq[start] in (C["[TINY]"], C["[ROI1]"])  # the prior starts as a training row does
     outs = {}
     for sampler in ("full", "kv-cache", "mems"):
         gen = torch.Generator().manual_seed(3)
-        outs[sampler] = filling_sequence(model, seq, 3, LAYOUT, SamplingConfig(), sampler=sampler, generator=gen,
-                                         return_scores=True, guidance=Guidance(1.5, start=start))
+        outs[sampler] = filling_sequence(
+            model,
+            seq,
+            3,
+            LAYOUT,
+            SamplingConfig(),
+            sampler=sampler,
+            generator=gen,
+            return_scores=True,
+            guidance=Guidance(1.5, start=start),
+        )
     tokens, scores = outs["full"]
     for sampler in ("kv-cache", "mems"):
         assert torch.equal(outs[sampler][0], tokens), sampler
@@ -211,8 +251,15 @@ def test_guidance_samples_cond_plus_scale_times_cond_minus_prior(task, start):
     for row, score in zip(tokens.tolist(), scores.tolist()):
         assert score == pytest.approx(_guided_log_probs(model, seq, row, start, 1.5), abs=1e-4)
     unguided = run(model, seq, 3, "kv-cache", seed=3)[0]
-    off = filling_sequence(model, seq, 3, LAYOUT, SamplingConfig(), generator=torch.Generator().manual_seed(3),
-                           guidance=Guidance(0.0, start=start))
+    off = filling_sequence(
+        model,
+        seq,
+        3,
+        LAYOUT,
+        SamplingConfig(),
+        generator=torch.Generator().manual_seed(3),
+        guidance=Guidance(0.0, start=start),
+    )
     assert torch.equal(off, unguided)
     assert not torch.equal(tokens, unguided)  # the guidance changed what was drawn
 
@@ -223,34 +270,60 @@ def test_guidance_top_k_draws_among_the_conditioned_models_most_likely(task, sta
     ids the conditioned model ranks highest (full-recompute reference), identically for every
     algorithm; k = 1 is the conditioned model's greedy choice whatever the scale."""
     from generation import Guidance
+
     model, seq = model_fixture(), QUERIES[task]
     outs = {}
     for sampler in ("full", "kv-cache", "mems"):
         gen = torch.Generator().manual_seed(4)
-        outs[sampler] = filling_sequence(model, seq, 4, LAYOUT, SamplingConfig(), sampler=sampler, generator=gen,
-                                         return_scores=True, guidance=Guidance(1.5, start=start, top_k=2))
+        outs[sampler] = filling_sequence(
+            model,
+            seq,
+            4,
+            LAYOUT,
+            SamplingConfig(),
+            sampler=sampler,
+            generator=gen,
+            return_scores=True,
+            guidance=Guidance(1.5, start=start, top_k=2),
+        )
     tokens, scores = outs["full"]
     for sampler in ("kv-cache", "mems"):
         assert torch.equal(outs[sampler][0], tokens), sampler
         torch.testing.assert_close(outs[sampler][1], scores, atol=1e-4, rtol=1e-5)
     for row, score in zip(tokens.tolist(), scores.tolist()):
         assert score == pytest.approx(_guided_log_probs(model, seq, row, start, 1.5, top_k=2), abs=1e-4)
-    unrestricted = filling_sequence(model, seq, 4, LAYOUT, SamplingConfig(), generator=torch.Generator().manual_seed(4),
-                                    guidance=Guidance(1.5, start=start))
+    unrestricted = filling_sequence(
+        model,
+        seq,
+        4,
+        LAYOUT,
+        SamplingConfig(),
+        generator=torch.Generator().manual_seed(4),
+        guidance=Guidance(1.5, start=start),
+    )
     assert not torch.equal(tokens, unrestricted)  # the restriction changed what was drawn
     greedy = run(model, seq, 1, "kv-cache", top_k=1)[0]
-    one = filling_sequence(model, seq, 1, LAYOUT, SamplingConfig(), generator=torch.Generator().manual_seed(4),
-                           guidance=Guidance(3.0, start=start, top_k=1))
+    one = filling_sequence(
+        model,
+        seq,
+        1,
+        LAYOUT,
+        SamplingConfig(),
+        generator=torch.Generator().manual_seed(4),
+        guidance=Guidance(3.0, start=start, top_k=1),
+    )
     assert torch.equal(one, greedy)
 
 
 def test_guidance_prefix_and_bad_start():
     from generation import Guidance
+
     model, seq = model_fixture(), QUERIES["image2text"]
     # a prefix stands in for a cut-off part: [ROI1] + caption == seq[19:]
     a = filling_sequence(model, seq, 1, LAYOUT, SamplingConfig(top_k=1), guidance=Guidance(1.0, start=19))
-    b = filling_sequence(model, seq, 1, LAYOUT, SamplingConfig(top_k=1),
-                         guidance=Guidance(1.0, start=20, prefix=[C["[ROI1]"]]))
+    b = filling_sequence(
+        model, seq, 1, LAYOUT, SamplingConfig(top_k=1), guidance=Guidance(1.0, start=20, prefix=[C["[ROI1]"]])
+    )
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="guidance"):
         filling_sequence(model, seq, 1, LAYOUT, guidance=Guidance(1.0, start=len(seq)))
@@ -270,10 +343,12 @@ def test_roi2_restart_off_numbers_positions_straight_through(sampler):
         def spy(ids, pos, *args, **kwargs):
             seen.append(pos[0].tolist())
             return real(ids, pos, *args, **kwargs)
+
         model.forward = spy
         gen = torch.Generator().manual_seed(5)
-        filling_sequence(model, seq, 2, LAYOUT, SamplingConfig(top_k=5), sampler=sampler, generator=gen,
-                         roi2_restart=restart)
+        filling_sequence(
+            model, seq, 2, LAYOUT, SamplingConfig(top_k=5), sampler=sampler, generator=gen, roi2_restart=restart
+        )
         model.forward = real
         last = seen[-1][-1]  # the position of the last token fed
         fed_through = len(seq) - 2

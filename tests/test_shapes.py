@@ -1,13 +1,28 @@
 """The shapes grammar behind the demo model: captions, held-out split, rendering, checker."""
+
 import random
 
 import numpy as np
 import pytest
 
-from demo.shapes import (BACKGROUNDS, COLOURS, HELD_OUT_PAIRS, POSITIONS, SHAPES, SIZES, Obj, Scene,
-                               all_scenes, caption, caption_en, caption_zh, parse_caption, render_array,
-                               sample_scenes)
 from demo.checker import check_image, describe, read_scene
+from demo.shapes import (
+    BACKGROUNDS,
+    COLOURS,
+    HELD_OUT_PAIRS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Obj,
+    Scene,
+    all_scenes,
+    caption,
+    caption_en,
+    caption_zh,
+    parse_caption,
+    render_array,
+    sample_scenes,
+)
 
 
 def test_scene_counts_and_held_out_split():
@@ -67,8 +82,9 @@ def test_render_puts_the_colours_where_the_grammar_says():
 @pytest.mark.parametrize("size", [64, 128])
 def test_checker_reads_true_renders(size):
     rng = random.Random(size)
-    scenes = rng.sample([s for s in all_scenes("all") if s.second is None], 150) + \
-        rng.sample([s for s in all_scenes("all") if s.second is not None], 60)
+    scenes = rng.sample([s for s in all_scenes("all") if s.second is None], 150) + rng.sample(
+        [s for s in all_scenes("all") if s.second is not None], 60
+    )
     results = [check_image(s, render_array(s, size)) for s in scenes]
     assert np.mean([r["all"] for r in results]) >= 0.97
     assert all(r["background"] for r in results)

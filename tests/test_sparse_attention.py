@@ -1,4 +1,5 @@
 """Sparse attention equals dense attention under the equivalent explicit mask."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,12 @@ import pytest
 import torch
 
 from arch import GPT2Model
-from arch.attention import (explicit_attention, sample_training_pivots, sparse_attention_inference,
-                            sparse_attention_train)
+from arch.attention import (
+    explicit_attention,
+    sample_training_pivots,
+    sparse_attention_inference,
+    sparse_attention_train,
+)
 from arch.masks import MASK_VALUE
 
 
@@ -68,6 +73,7 @@ def test_inference_kernel_equals_dense_over_the_same_keys():
         torch.manual_seed(5)
         boundary = sk - w * t
         from arch.attention import sample_inference_pivots
+
         pivots, _ = sample_inference_pivots(txt, boundary, num_pivot, 64)
         assert bool(txt[:, :boundary].gather(1, pivots[:, :6]).all())
         visible = torch.zeros(b, sq, sk, dtype=torch.bool)
@@ -81,10 +87,23 @@ def test_inference_kernel_equals_dense_over_the_same_keys():
 
 def small_model(**kw):
     torch.manual_seed(0)
-    return GPT2Model(num_layers=2, vocab_size=64, hidden_size=32, num_attention_heads=4,
-                     embedding_dropout_prob=0.0, attention_dropout_prob=0.0, output_dropout_prob=0.0,
-                     max_sequence_length=64, max_memory_length=0, checkpoint_activations=True,
-                     checkpoint_num_layers=1, query_window=8, key_window_times=2, num_pivot=12, **kw).double()
+    return GPT2Model(
+        num_layers=2,
+        vocab_size=64,
+        hidden_size=32,
+        num_attention_heads=4,
+        embedding_dropout_prob=0.0,
+        attention_dropout_prob=0.0,
+        output_dropout_prob=0.0,
+        max_sequence_length=64,
+        max_memory_length=0,
+        checkpoint_activations=True,
+        checkpoint_num_layers=1,
+        query_window=8,
+        key_window_times=2,
+        num_pivot=12,
+        **kw,
+    ).double()
 
 
 def test_model_sparse_training_equals_dense_with_pivot_mask_values_and_grads():
@@ -106,6 +125,7 @@ def test_model_sparse_training_equals_dense_with_pivot_mask_values_and_grads():
     model.zero_grad()
 
     import arch.transformer as tr
+
     # forward uses layer 0 then 1; backward recomputes the checkpointed layers 1 then 0
     per_layer = [training_equivalent_scores_bias(s, 8, 2, p) for p in pivots]
     biases = iter(per_layer + per_layer[::-1])
@@ -135,9 +155,19 @@ def test_sparse_training_requires_checkpointing_and_divisible_length():
 def test_checkpointed_dropout_training_matches_uncheckpointed():
     """Activation checkpointing recomputes with the same dropout masks (RNG restored)."""
     from arch import mpu
+
     torch.manual_seed(0)
-    kw = dict(num_layers=2, vocab_size=64, hidden_size=32, num_attention_heads=4, embedding_dropout_prob=0.1,
-              attention_dropout_prob=0.1, output_dropout_prob=0.1, max_sequence_length=64, max_memory_length=0)
+    kw = dict(
+        num_layers=2,
+        vocab_size=64,
+        hidden_size=32,
+        num_attention_heads=4,
+        embedding_dropout_prob=0.1,
+        attention_dropout_prob=0.1,
+        output_dropout_prob=0.1,
+        max_sequence_length=64,
+        max_memory_length=0,
+    )
     ref = GPT2Model(checkpoint_activations=False, **kw).train()
     ckpt = GPT2Model(checkpoint_activations=True, **kw).train()
     ckpt.load_state_dict(ref.state_dict())

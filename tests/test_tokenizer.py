@@ -3,6 +3,7 @@
 cases.json was produced by the original UnifiedTokenizer with a FakeTokenizer of 8192
 image tokens and cog-pretrain.model; the model is read from the fixtures folder.
 """
+
 from __future__ import annotations
 
 import random
@@ -11,14 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import fixture_path, load_fixture_json
-
 from data_utils.image_tokenizers import FakeTokenizer, sqrt_int
-from data_utils.sp_tokenizer import (SentencePieceTokenizer, TextTokenizerError,
-                                     default_txt_tokenizer_path, train_text_tokenizer)
-from data_utils.templates import (TASK_TEMPLATES, Code2CodeTemplate, PureTextTemplate,
-                                  TextCodeTemplate, concat_codes)
+from data_utils.sp_tokenizer import (
+    SentencePieceTokenizer,
+    TextTokenizerError,
+    default_txt_tokenizer_path,
+    train_text_tokenizer,
+)
+from data_utils.templates import TASK_TEMPLATES, Code2CodeTemplate, PureTextTemplate, TextCodeTemplate, concat_codes
 from data_utils.unified_tokenizer import COMMAND_TOKENS, UnifiedTokenizer
+
+from .conftest import fixture_path, load_fixture_json
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +54,13 @@ def test_layout(tok, cases):
 def test_sentencepiece_special(tok, cases):
     sp = tok.txt_tokenizer
     special = cases["sentencepiece_special"]
-    assert [sp.IdToPiece(i) for i in range(len(special["first_pieces"]))] == \
-        special["first_pieces"]
-    assert (sp.sp.unk_id(), sp.sp.bos_id(), sp.sp.eos_id(), sp.sp.pad_id()) == \
-        (special["unk_id"], special["bos_id"], special["eos_id"], special["pad_id"])
+    assert [sp.IdToPiece(i) for i in range(len(special["first_pieces"]))] == special["first_pieces"]
+    assert (sp.sp.unk_id(), sp.sp.bos_id(), sp.sp.eos_id(), sp.sp.pad_id()) == (
+        special["unk_id"],
+        special["bos_id"],
+        special["eos_id"],
+        special["pad_id"],
+    )
 
 
 def test_encode_cases(tok, cases):
@@ -92,8 +99,7 @@ def test_parse_query_bad_mask_count(tok, query):
         tok.parse_query(query)
 
 
-@pytest.mark.parametrize("query", ["[ROI1] [Image", "[Image]", "[Image]a]b.png",
-                                   "[Imagex]a.png", "[Image-1]a.png"])
+@pytest.mark.parametrize("query", ["[ROI1] [Image", "[Image]", "[Image]a]b.png", "[Imagex]a.png", "[Image-1]a.png"])
 def test_parse_query_bad_image_part(tok, query):
     with pytest.raises(ValueError, match=r"\[Image"):
         tok.parse_query(query)
@@ -121,17 +127,17 @@ class _GridImageTokenizer(FakeTokenizer):
 
 
 def test_parse_query_image_parts(tok):
-    tok2 = UnifiedTokenizer(None, txt_tokenizer_path=tok.txt_tokenizer,
-                            img_tokenizer_num_tokens=8192)
+    tok2 = UnifiedTokenizer(None, txt_tokenizer_path=tok.txt_tokenizer, img_tokenizer_num_tokens=8192)
     tok2.img_tokenizer = _GridImageTokenizer(8192)
     codes = list(range(5, 5 + 64))
-    assert tok2.parse_query("[BASE] [BOI1] [Image]a.png [EOI1]", img_size=256) == \
-        [tok["[BASE]"], tok["[BOI1]"]] + codes + [tok["[EOI1]"]]
+    assert tok2.parse_query("[BASE] [BOI1] [Image]a.png [EOI1]", img_size=256) == [
+        tok["[BASE]"],
+        tok["[BOI1]"],
+    ] + codes + [tok["[EOI1]"]]
     assert tok2.parse_query("[Image10]a.png", img_size=256) == codes[:10] + [-1] * 54
     assert tok2.parse_query("[Image0]a.png", img_size=256) == [-1] * 64
     assert tok2.parse_query("[Image999]a.png", img_size=256) == codes
-    assert tok2.parse_query("x [Image]a.png", img_size=128) == \
-        tok.EncodeAsIds("x") + list(range(5, 5 + 16))
+    assert tok2.parse_query("x [Image]a.png", img_size=128) == tok.EncodeAsIds("x") + list(range(5, 5 + 16))
     # images decode through the image tokenizer as square grids, flushed by [EOI*]
     texts, images = tok2.DecodeIds(tok2.parse_query("[BOI1] [Image]a.png [EOI1] cat"))
     assert texts == ["[BOI1]", "[EOI1]", "cat"]
@@ -238,8 +244,10 @@ def test_default_path_resolution(tmp_path):
 
 
 def _english_corpus(path, lines=400):
-    words = ("a the red blue green small big cat dog bird house tree river mountain photo "
-             "painting of on under over sitting flying near beautiful old young").split()
+    words = (
+        "a the red blue green small big cat dog bird house tree river mountain photo "
+        "painting of on under over sitting flying near beautiful old young"
+    ).split()
     rng = random.Random(0)
     with open(path, "w") as f:
         for _ in range(lines):
@@ -268,12 +276,24 @@ def test_train_text_tokenizer_cli(tmp_path, capsys):
     corpus = tmp_path / "captions.txt"
     _english_corpus(corpus)
     prefix = tmp_path / "cli"
-    assert main(["--input", str(corpus), "--output-prefix", str(prefix),
-                 "--vocab-size", "100", "--character-coverage", "1.0"]) == 0
+    assert (
+        main(
+            [
+                "--input",
+                str(corpus),
+                "--output-prefix",
+                str(prefix),
+                "--vocab-size",
+                "100",
+                "--character-coverage",
+                "1.0",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "cli.model").is_file()
     assert "cli.model" in capsys.readouterr().out
-    assert main(["--input", str(tmp_path / "missing.txt"), "--output-prefix", str(prefix),
-                 "--vocab-size", "100"]) == 1
+    assert main(["--input", str(tmp_path / "missing.txt"), "--output-prefix", str(prefix), "--vocab-size", "100"]) == 1
     assert "missing.txt" in capsys.readouterr().err
 
 

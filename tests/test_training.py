@@ -1,5 +1,6 @@
 """Training: loss and lr schedule against the original, a tiny single-process run,
 checkpoints (layout, weights-only loading, flag mismatch, crash mid-save)."""
+
 from __future__ import annotations
 
 import glob
@@ -28,8 +29,15 @@ def test_lr_schedule_matches_original_except_quirks(style):
     a = data["args"]
     expected = data["styles"][style]["lr_after_init_then_each_step"]
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
-    sched = AnnealingLR(opt, a["start_lr"], a["warmup"] * a["num_iters"], a["num_iters"], style,
-                        last_iter=-1, decay_ratio=a["decay_ratio"])
+    sched = AnnealingLR(
+        opt,
+        a["start_lr"],
+        a["warmup"] * a["num_iters"],
+        a["num_iters"],
+        style,
+        last_iter=-1,
+        decay_ratio=a["decay_ratio"],
+    )
     got = [opt.param_groups[0]["lr"]]
     for _ in range(a["steps"]):
         sched.step()
@@ -71,8 +79,9 @@ def test_loss_function_equals_original_forward_step():
 
 def test_finetune_positions_restart_at_roi2():
     inp, cfg = fixture_inputs(), fixture_config()
-    got = finetune_position_ids(inp["tokens"], cfg["command_tokens"]["[ROI2]"],
-                                int(inp["finetune_max_position_embeddings"]))
+    got = finetune_position_ids(
+        inp["tokens"], cfg["command_tokens"]["[ROI2]"], int(inp["finetune_max_position_embeddings"])
+    )
     assert torch.equal(got, inp["finetune_position_ids"].to(got.dtype))
     with pytest.raises(ValueError, match="ROI2"):
         finetune_position_ids(torch.zeros(1, 5, dtype=torch.long), 152, 24)
@@ -97,6 +106,7 @@ def test_rng_state_round_trip_is_tensor_only(tmp_path):
 
 # ------------------------------------------------------------------ a tiny single-process run
 
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """20 steps of a tiny model on a tiny LMDB, checkpoints at 10 and 20."""
@@ -105,8 +115,14 @@ def trained(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("train"))
     setup = tiny_setup(folder)
     save = os.path.join(folder, "ckpt")
-    result = pretrain_gpt2.run(tiny_flags(setup, save, **NO_DROPOUT, **{"--train-iters": 24, "--save-interval": 12,
-                                                                        "--split": "0.9,0.1", "--eval-interval": 12}))
+    result = pretrain_gpt2.run(
+        tiny_flags(
+            setup,
+            save,
+            **NO_DROPOUT,
+            **{"--train-iters": 24, "--save-interval": 12, "--split": "0.9,0.1", "--eval-interval": 12},
+        )
+    )
     run_dir = glob.glob(os.path.join(save, "tiny-*"))[0]
     return setup, folder, run_dir, result
 
@@ -129,10 +145,12 @@ def test_tiny_run_lowers_loss_and_first_loss_is_the_fixture_formula(trained):
     text, raw = data["text"], data["loss_mask"]
     tokens, labels, mask = text[:, :-1], text[:, 1:], raw[:, 1:].float()
     from training.distributed import set_random_seed
+
     set_random_seed(args.seed)
     model = pretrain_gpt2.get_model(args).train()
-    logits, *_ = model(tokens, torch.arange(tokens.size(1)).expand_as(tokens),
-                       torch.ones(1, 1, tokens.size(1), tokens.size(1)).tril_())
+    logits, *_ = model(
+        tokens, torch.arange(tokens.size(1)).expand_as(tokens), torch.ones(1, 1, tokens.size(1), tokens.size(1)).tril_()
+    )
     losses_ = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")
     img = tokens < 64
     txt = (~img) & (mask > 0)
@@ -149,19 +167,38 @@ def test_checkpoint_layout_loads_like_generate_samples(trained):
     assert iteration == "24"
     file = os.path.join(run_dir, iteration, "mp_rank_00_model_states.pt")
     ckpt = torch.load(file, map_location="cpu", weights_only=True)  # no pickled objects
-    assert {"module", "iteration", "optimizer", "lr_scheduler", "torch_rng_state", "np_rng_state",
-            "random_rng_state", "rng_tracker_states", "data_position", "model_args"} <= set(ckpt)
+    assert {
+        "module",
+        "iteration",
+        "optimizer",
+        "lr_scheduler",
+        "torch_rng_state",
+        "np_rng_state",
+        "random_rng_state",
+        "rng_tracker_states",
+        "data_position",
+        "model_args",
+    } <= set(ckpt)
     module = result.trainer.backend.module
-    fresh = GPT2Model(num_layers=2, vocab_size=ckpt["model_args"]["vocab_size"],
-                      hidden_size=32, num_attention_heads=4, embedding_dropout_prob=0.1,
-                      attention_dropout_prob=0.1, output_dropout_prob=0.1, max_sequence_length=33,
-                      max_memory_length=0, checkpoint_activations=False)
+    fresh = GPT2Model(
+        num_layers=2,
+        vocab_size=ckpt["model_args"]["vocab_size"],
+        hidden_size=32,
+        num_attention_heads=4,
+        embedding_dropout_prob=0.1,
+        attention_dropout_prob=0.1,
+        output_dropout_prob=0.1,
+        max_sequence_length=33,
+        max_memory_length=0,
+        checkpoint_activations=False,
+    )
     fresh.load_state_dict(ckpt["module"], strict=True)  # the original's rule
     for key, value in load_checkpoint_state(run_dir).items():  # and ours
         assert torch.equal(value, module.state_dict()[key])
     # generation reads the model shape from the config written beside the checkpoint
     from arguments import explicit_dests, get_args
     from generation.config import GenerationConfig
+
     argv = ["--load", run_dir, "--device", "cpu"]
     args = GenerationConfig.from_args(get_args(argv), explicit_dests(argv))
     assert args.model_config_path is not None
@@ -173,8 +210,11 @@ def test_load_with_a_different_flag_names_it(trained, capsys):
     import pretrain_gpt2
 
     setup, folder, run_dir, _ = trained
-    code = pretrain_gpt2.main(tiny_flags(setup, os.path.join(folder, "other"),
-                                         **{"--load": run_dir, "--hidden-size": 64, "--train-iters": 30}))
+    code = pretrain_gpt2.main(
+        tiny_flags(
+            setup, os.path.join(folder, "other"), **{"--load": run_dir, "--hidden-size": 64, "--train-iters": 30}
+        )
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "--hidden-size is 32 in the checkpoint but 64" in err[0]
 
@@ -198,8 +238,11 @@ def test_crash_while_saving_leaves_previous_checkpoint(trained, monkeypatch):
         save_training_checkpoint(run_dir, 36, trainer.backend, trainer.scheduler, trainer.args, 36)
     monkeypatch.setattr(torch, "save", real_save)
     assert ac.read_tracker(run_dir) == ("24", False)
-    assert not [p for p in os.listdir(os.path.join(run_dir, "36")) if not p.startswith(".tmp")] \
-        if os.path.isdir(os.path.join(run_dir, "36")) else True
+    assert (
+        not [p for p in os.listdir(os.path.join(run_dir, "36")) if not p.startswith(".tmp")]
+        if os.path.isdir(os.path.join(run_dir, "36"))
+        else True
+    )
     state = load_checkpoint_state(run_dir)
     assert set(state) == set(trainer.backend.module.state_dict())
 
@@ -207,9 +250,22 @@ def test_crash_while_saving_leaves_previous_checkpoint(trained, monkeypatch):
 def test_missing_train_data_is_one_line_error(tmp_path, capsys):
     import pretrain_gpt2
 
-    code = pretrain_gpt2.main(["--train-data", str(tmp_path / "nope.lmdb"), "--img-tokenizer-num-tokens", "64",
-                               "--device", "cpu", "--num-layers", "1", "--hidden-size", "8",
-                               "--num-attention-heads", "2"])
+    code = pretrain_gpt2.main(
+        [
+            "--train-data",
+            str(tmp_path / "nope.lmdb"),
+            "--img-tokenizer-num-tokens",
+            "64",
+            "--device",
+            "cpu",
+            "--num-layers",
+            "1",
+            "--hidden-size",
+            "8",
+            "--num-attention-heads",
+            "2",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "nope.lmdb" in err[0]
 
@@ -218,8 +274,9 @@ def test_importing_training_does_not_import_deepspeed():
     import subprocess
     import sys
 
-    code = ("import sys, arch, pretrain_gpt2, training.backends, training.loop; "
-            "sys.exit(int('deepspeed' in sys.modules))")
+    code = (
+        "import sys, arch, pretrain_gpt2, training.backends, training.loop; sys.exit(int('deepspeed' in sys.modules))"
+    )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
 
@@ -231,15 +288,31 @@ def test_sparse_training_then_finetune_with_roi2_positions(tmp_path):
     import pretrain_gpt2
 
     setup = tiny_setup(str(tmp_path))
-    sparse = pretrain_gpt2.run(tiny_flags(setup, str(tmp_path / "sparse"), **{
-        "--train-iters": 3, "--is-sparse": 1, "--checkpoint-activations": True, "--query-window": 8,
-        "--key-window-times": 2, "--num-pivot": 8}))
+    sparse = pretrain_gpt2.run(
+        tiny_flags(
+            setup,
+            str(tmp_path / "sparse"),
+            **{
+                "--train-iters": 3,
+                "--is-sparse": 1,
+                "--checkpoint-activations": True,
+                "--query-window": 8,
+                "--key-window-times": 2,
+                "--num-pivot": 8,
+            },
+        )
+    )
     assert all(np.isfinite(sparse.state.losses))
     run_dir = glob.glob(str(tmp_path / "sparse" / "tiny-*"))[0]
     long_rows = tiny_setup(str(tmp_path), roi2=True)
     assert long_rows["max_len"] > 33
-    fine = pretrain_gpt2.run(tiny_flags(long_rows, str(tmp_path / "fine"), **{
-        "--train-iters": 2, "--finetune": True, "--load": run_dir, "--max-position-embeddings-finetune": 60}))
+    fine = pretrain_gpt2.run(
+        tiny_flags(
+            long_rows,
+            str(tmp_path / "fine"),
+            **{"--train-iters": 2, "--finetune": True, "--load": run_dir, "--max-position-embeddings-finetune": 60},
+        )
+    )
     assert fine.state.iteration == 2 and all(np.isfinite(fine.state.losses))
     assert fine.trainer.roi2_id == long_rows["tokenizer"]["[ROI2]"]
 
@@ -247,14 +320,16 @@ def test_sparse_training_then_finetune_with_roi2_positions(tmp_path):
 @pytest.mark.slow
 def test_new_dataset_path_is_picked_up(tmp_path, capsys):
     import pretrain_gpt2
+
     from .training_data import make_lmdb, make_rows
 
     setup = tiny_setup(str(tmp_path))
     incoming = tmp_path / "incoming"
     incoming.mkdir()
     make_lmdb(str(incoming), "more.lmdb", make_rows(setup["tokenizer"], 8, seed=1))
-    result = pretrain_gpt2.run(tiny_flags(setup, str(tmp_path / "ck"), **{
-        "--train-iters": 2, "--new-dataset-path": str(incoming)}))
+    result = pretrain_gpt2.run(
+        tiny_flags(setup, str(tmp_path / "ck"), **{"--train-iters": 2, "--new-dataset-path": str(incoming)})
+    )
     assert result.state.iteration == 2
     assert "new training data found" in capsys.readouterr().out
     assert str(incoming / "more.lmdb") in result.trainer.args.train_data
@@ -265,8 +340,13 @@ def test_exit_interval_stops_early_and_tensorboard_gets_scalars(tmp_path, capsys
     import pretrain_gpt2
 
     setup = tiny_setup(str(tmp_path))
-    result = pretrain_gpt2.run(tiny_flags(setup, str(tmp_path / "ck"), **{"--train-iters": 10, "--exit-interval": 3,
-                                                                         "--split": "0.8,0.2", "--eval-interval": 3}))
+    result = pretrain_gpt2.run(
+        tiny_flags(
+            setup,
+            str(tmp_path / "ck"),
+            **{"--train-iters": 10, "--exit-interval": 3, "--split": "0.8,0.2", "--eval-interval": 3},
+        )
+    )
     out = capsys.readouterr().out
     assert result.state.iteration == 3 and not result.finished
     assert "validation loss at iteration 3" in out and "exiting at iteration 3" in out
@@ -277,8 +357,15 @@ def test_exit_interval_stops_early_and_tensorboard_gets_scalars(tmp_path, capsys
     acc = EventAccumulator(os.path.dirname(events[0]))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"Train/lr", "Train/train_loss", "Train/img_loss", "Train/txt_loss", "Train/tokens_per_s",
-            "Train/skipped_steps", "Train/valid_loss"} <= tags
+    assert {
+        "Train/lr",
+        "Train/train_loss",
+        "Train/img_loss",
+        "Train/txt_loss",
+        "Train/tokens_per_s",
+        "Train/skipped_steps",
+        "Train/valid_loss",
+    } <= tags
 
 
 @pytest.mark.slow
@@ -317,8 +404,9 @@ def test_roi2_positions_train_from_scratch_and_resume(tmp_path, capsys):
     batch = first.trainer.make_batch({"text": torch.tensor([[5, roi2, 6, 7]]), "loss_mask": torch.ones(1, 4)})
     assert batch.position_ids.tolist() == [[0, 0, 1]]
     run_dir = glob.glob(str(tmp_path / "ck" / "tiny-*"))[0]
-    second = pretrain_gpt2.run(tiny_flags(long_rows, str(tmp_path / "ck"), **{
-        **flags, "--train-iters": 4, "--load": run_dir}))
+    second = pretrain_gpt2.run(
+        tiny_flags(long_rows, str(tmp_path / "ck"), **{**flags, "--train-iters": 4, "--load": run_dir})
+    )
     assert second.state.iteration == 4 and all(np.isfinite(second.state.losses))
     assert second.trainer.roi2_id == roi2
     assert "at iteration 2" in capsys.readouterr().out  # resumed, not restarted
@@ -333,9 +421,26 @@ def _sr_rows(tok, n: int, text_length: int, window: int) -> list:
         text = tok.EncodeAsIds(WORDS[i % len(WORDS)])[:text_length]
         low = rng.randint(0, NUM_IMAGE_TOKENS, size=(window, window))
         high = np.kron(low, np.ones((2, 2), dtype=np.int64))
-        rows.append(np.asarray([tok["[ROI1]"], *text, *[tok["[PAD]"]] * (text_length - len(text)), tok["[BASE]"],
-                                tok["[BOI1]"], *low.reshape(-1), tok["[EOI1]"], tok["[ROI2]"], tok["[POS0]"],
-                                tok["[BASE]"], tok["[BOI2]"], *high.reshape(-1), tok["[EOI2]"]], dtype=np.int64))
+        rows.append(
+            np.asarray(
+                [
+                    tok["[ROI1]"],
+                    *text,
+                    *[tok["[PAD]"]] * (text_length - len(text)),
+                    tok["[BASE]"],
+                    tok["[BOI1]"],
+                    *low.reshape(-1),
+                    tok["[EOI1]"],
+                    tok["[ROI2]"],
+                    tok["[POS0]"],
+                    tok["[BASE]"],
+                    tok["[BOI2]"],
+                    *high.reshape(-1),
+                    tok["[EOI2]"],
+                ],
+                dtype=np.int64,
+            )
+        )
     return rows
 
 
@@ -354,8 +459,7 @@ def test_magnify_position_init_sets_the_table_and_keeps_other_finetune_weights(t
     setup = tiny_setup(str(tmp_path))
     tok = setup["tokenizer"]
     lmdb_path = make_lmdb(str(tmp_path), "sr.lmdb", _sr_rows(tok, 16, text_length=4, window=2))
-    sr = {"--train-data": lmdb_path, "--img-size": 32, "--sr-text-length": 4, "--train-iters": 2,
-          "--save-interval": 2}
+    sr = {"--train-data": lmdb_path, "--img-size": 32, "--sr-text-length": 4, "--train-iters": 2, "--save-interval": 2}
     # another model with a 40-row table, saved after 2 steps
     other = pretrain_gpt2.run(tiny_flags(setup, str(tmp_path / "a"), **{**sr, "--max-position-embeddings": 40}))
     saved = {k: v.clone() for k, v in other.trainer.backend.module.state_dict().items()}
@@ -363,8 +467,9 @@ def test_magnify_position_init_sets_the_table_and_keeps_other_finetune_weights(t
     flags = {**sr, "--lr": 0.0, "--warmup": 0.0, "--load": run_dir, "--finetune": True, "--save-interval": 1000}
     with pytest.raises(CheckpointError, match="max-position-embeddings is 40 in the checkpoint"):
         pretrain_gpt2.run(tiny_flags(setup, str(tmp_path / "b"), **flags))
-    result = pretrain_gpt2.run(tiny_flags(setup, str(tmp_path / "c"), **{**flags, "--magnify-position-init": True,
-                                                                         "--save-interval": 2}))
+    result = pretrain_gpt2.run(
+        tiny_flags(setup, str(tmp_path / "c"), **{**flags, "--magnify-position-init": True, "--save-interval": 2})
+    )
     state = result.trainer.backend.module.state_dict()
     expected = init_magnify_positions(torch.empty(33, 32), 4, 2, generator=torch.Generator().manual_seed(0))
     assert torch.equal(state["transformer.position_embeddings.weight"], expected)  # lr 0: as initialised
@@ -372,9 +477,13 @@ def test_magnify_position_init_sets_the_table_and_keeps_other_finetune_weights(t
     config = json.load(open(glob.glob(str(tmp_path / "c" / "*" / "model_config.json"))[0]))
     assert config["roi2_position_restart"] is False and config["sr_text_length"] == 4
     # from scratch: the same table; a table too short for the row is refused with the length
-    scratch = pretrain_gpt2.run(tiny_flags(setup, str(tmp_path / "d"), **{**sr, "--lr": 0.0, "--warmup": 0.0,
-                                                                          "--magnify-position-init": True}))
+    scratch = pretrain_gpt2.run(
+        tiny_flags(setup, str(tmp_path / "d"), **{**sr, "--lr": 0.0, "--warmup": 0.0, "--magnify-position-init": True})
+    )
     assert torch.equal(scratch.trainer.backend.module.state_dict()["transformer.position_embeddings.weight"], expected)
     with pytest.raises(ValueError, match="33 tokens"):
-        pretrain_gpt2.run(tiny_flags(setup, str(tmp_path / "e"), **{**sr, "--magnify-position-init": True,
-                                                                    "--max-position-embeddings": 30}))
+        pretrain_gpt2.run(
+            tiny_flags(
+                setup, str(tmp_path / "e"), **{**sr, "--magnify-position-init": True, "--max-position-embeddings": 30}
+            )
+        )

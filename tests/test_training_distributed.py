@@ -1,5 +1,6 @@
 """Several processes on gloo: DDP, DeepSpeed ZeRO-2, model parallelism and a two-node
 torchrun launch on 127.0.0.1, each against the single-process run with the same global batch."""
+
 from __future__ import annotations
 
 import glob
@@ -24,8 +25,15 @@ STEPS = 6
 GLOBAL_BATCH = 4
 # rows cut to 16 tokens (no padding): every rank's loss has the same denominator, so the
 # mean of the per-rank losses equals the single-process loss of the whole batch
-COMMON = {"--max-position-embeddings": 17, "--hidden-dropout": 0, "--attention-dropout": 0,
-          "--train-iters": STEPS, "--save-interval": STEPS, "--lr-decay-style": "linear", "--lr": 1e-3}
+COMMON = {
+    "--max-position-embeddings": 17,
+    "--hidden-dropout": 0,
+    "--attention-dropout": 0,
+    "--train-iters": STEPS,
+    "--save-interval": STEPS,
+    "--lr-decay-style": "linear",
+    "--lr": 1e-3,
+}
 
 
 def free_port() -> int:
@@ -42,10 +50,17 @@ def env() -> dict:
 
 
 def torchrun(args, out: str, nproc: int = 2, extra=()):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={free_port()}", *extra, WORKER, *args]
-    proc = subprocess.run(cmd, env={**env(), "TRAIN_WORKER_OUT": out}, capture_output=True, text=True,
-                          timeout=400)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",
+        *extra,
+        WORKER,
+        *args,
+    ]
+    proc = subprocess.run(cmd, env={**env(), "TRAIN_WORKER_OUT": out}, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, (proc.stdout[-1500:], proc.stderr[-3000:])
     with open(out) as f:
         return json.load(f)
@@ -71,8 +86,9 @@ def single(tmp_path_factory):
 def test_ddp_two_processes_equals_single_process(single):
     setup, folder, losses, _ = single
     save = os.path.join(folder, "ddp")
-    out = torchrun(tiny_flags(setup, save, **COMMON, **{"--batch-size": GLOBAL_BATCH // 2}),
-                   os.path.join(folder, "ddp.json"))
+    out = torchrun(
+        tiny_flags(setup, save, **COMMON, **{"--batch-size": GLOBAL_BATCH // 2}), os.path.join(folder, "ddp.json")
+    )
     assert out["dp_world"] == 2 and out["replicas_identical"], out
     assert out["losses"] == pytest.approx(losses, abs=1e-5)
     single_state = load_checkpoint_state(single[3])
@@ -86,12 +102,29 @@ def test_deepspeed_zero2_two_processes(single, dtype):
     setup, folder, losses, _ = single
     config = os.path.join(folder, f"zero2_{dtype}.json")
     with open(config, "w") as f:
-        json.dump({"train_micro_batch_size_per_gpu": GLOBAL_BATCH // 2, "gradient_accumulation_steps": 1,
-                   "gradient_clipping": 1.0, "zero_optimization": {"stage": 2},
-                   "bf16": {"enabled": dtype == "bf16"}, "steps_per_print": 10 ** 6}, f)
+        json.dump(
+            {
+                "train_micro_batch_size_per_gpu": GLOBAL_BATCH // 2,
+                "gradient_accumulation_steps": 1,
+                "gradient_clipping": 1.0,
+                "zero_optimization": {"stage": 2},
+                "bf16": {"enabled": dtype == "bf16"},
+                "steps_per_print": 10**6,
+            },
+            f,
+        )
     save = os.path.join(folder, f"ds_{dtype}")
-    flags = tiny_flags(setup, save, **{**COMMON, "--deepspeed": True, "--deepspeed_config": config,
-                                       "--save-interval": STEPS // 2, "--resume-dataloader": True})
+    flags = tiny_flags(
+        setup,
+        save,
+        **{
+            **COMMON,
+            "--deepspeed": True,
+            "--deepspeed_config": config,
+            "--save-interval": STEPS // 2,
+            "--resume-dataloader": True,
+        },
+    )
     out = torchrun(flags, os.path.join(folder, f"ds_{dtype}.json"))
     assert out["dp_world"] == 2 and out["replicas_identical"], out
     if dtype == "fp32":
@@ -102,9 +135,10 @@ def test_deepspeed_zero2_two_processes(single, dtype):
         shutil.rmtree(os.path.join(half, str(STEPS)))
         with open(os.path.join(half, "latest_checkpointed_iteration.txt"), "w") as f:
             f.write(str(STEPS // 2))
-        resumed = torchrun(flags + ["--load", half, "--save", os.path.dirname(half)],
-                           os.path.join(folder, "ds_resume.json"))
-        assert resumed["losses"] == out["losses"][STEPS // 2:]
+        resumed = torchrun(
+            flags + ["--load", half, "--save", os.path.dirname(half)], os.path.join(folder, "ds_resume.json")
+        )
+        assert resumed["losses"] == out["losses"][STEPS // 2 :]
     else:  # bf16 weights: same curve to bf16 precision
         assert out["losses"] == pytest.approx(losses, abs=5e-2)
     state = load_checkpoint_state(run_dir(save))  # DeepSpeed's file, read weights-only
@@ -115,8 +149,10 @@ def test_deepspeed_zero2_two_processes(single, dtype):
 def test_model_parallel_two_equals_single_process(single):
     setup, folder, losses, single_dir = single
     save = os.path.join(folder, "mp2")
-    out = torchrun(tiny_flags(setup, save, **COMMON, **{"--batch-size": GLOBAL_BATCH, "--model-parallel-size": 2}),
-                   os.path.join(folder, "mp2.json"))
+    out = torchrun(
+        tiny_flags(setup, save, **COMMON, **{"--batch-size": GLOBAL_BATCH, "--model-parallel-size": 2}),
+        os.path.join(folder, "mp2.json"),
+    )
     assert out["dp_world"] == 1
     assert out["losses"] == pytest.approx(losses, abs=1e-5)
     d = run_dir(save)
@@ -138,10 +174,27 @@ def test_two_node_torchrun_on_localhost(single):
     flags = tiny_flags(setup, save, **COMMON, **{"--batch-size": GLOBAL_BATCH // 2})
     procs = []
     for node in range(2):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
-               "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", WORKER, *flags]
-        procs.append(subprocess.Popen(cmd, env={**env(), "TRAIN_WORKER_OUT": os.path.join(folder, "2n.json")},
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            f"--node_rank={node}",
+            "--nproc_per_node=1",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+            WORKER,
+            *flags,
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                env={**env(), "TRAIN_WORKER_OUT": os.path.join(folder, "2n.json")},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=400)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     with open(os.path.join(folder, "2n.json")) as f:
@@ -160,14 +213,26 @@ def test_deepspeed_with_model_parallel_two(single):
     setup, folder, losses, _ = single
     config = os.path.join(folder, "zero1_mp.json")
     with open(config, "w") as f:
-        json.dump({"train_micro_batch_size_per_gpu": GLOBAL_BATCH, "gradient_clipping": 1.0,
-                   "zero_optimization": {"stage": 1}, "steps_per_print": 10 ** 6}, f)
+        json.dump(
+            {
+                "train_micro_batch_size_per_gpu": GLOBAL_BATCH,
+                "gradient_clipping": 1.0,
+                "zero_optimization": {"stage": 1},
+                "steps_per_print": 10**6,
+            },
+            f,
+        )
     save = os.path.join(folder, "ds_mp2")
-    out = torchrun(tiny_flags(setup, save, **COMMON, **{"--deepspeed": True, "--deepspeed_config": config,
-                                                        "--model-parallel-size": 2}),
-                   os.path.join(folder, "ds_mp2.json"))
+    out = torchrun(
+        tiny_flags(
+            setup, save, **COMMON, **{"--deepspeed": True, "--deepspeed_config": config, "--model-parallel-size": 2}
+        ),
+        os.path.join(folder, "ds_mp2.json"),
+    )
     assert out["dp_world"] == 1
     assert out["losses"] == pytest.approx(losses, abs=1e-5)
     d = run_dir(save)
-    assert sorted(os.listdir(os.path.join(d, str(STEPS))))[:2] == ["mp_rank_00_model_states.pt",
-                                                                  "mp_rank_01_model_states.pt"]
+    assert sorted(os.listdir(os.path.join(d, str(STEPS))))[:2] == [
+        "mp_rank_00_model_states.pt",
+        "mp_rank_01_model_states.pt",
+    ]

@@ -1,5 +1,6 @@
 """Exact resume: a run SIGKILLed after a checkpoint and resumed ends bitwise equal
 (CPU, fp32, dropout on) to the same run left alone."""
+
 from __future__ import annotations
 
 import glob
@@ -26,8 +27,17 @@ def _env() -> dict:
 
 
 def _cmd(setup, save, **extra):
-    flags = tiny_flags(setup, save, **{"--train-iters": N, "--save-interval": 10, "--resume-dataloader": True,
-                                       "--lr-decay-style": "linear", **extra})
+    flags = tiny_flags(
+        setup,
+        save,
+        **{
+            "--train-iters": N,
+            "--save-interval": 10,
+            "--resume-dataloader": True,
+            "--lr-decay-style": "linear",
+            **extra,
+        },
+    )
     return [sys.executable, os.path.join(ROOT, "pretrain_gpt2.py"), *flags]
 
 
@@ -53,13 +63,13 @@ def _assert_same(a, b, path="ckpt"):
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     setup = tiny_setup(str(tmp_path))
-    full = subprocess.run(_cmd(setup, str(tmp_path / "full")), env=_env(), capture_output=True, text=True,
-                          timeout=300)
+    full = subprocess.run(_cmd(setup, str(tmp_path / "full")), env=_env(), capture_output=True, text=True, timeout=300)
     assert full.returncode == 0, full.stderr[-2000:]
 
     kill_at = random.Random().randint(21, 25)  # after the checkpoint at 20
-    proc = subprocess.Popen(_cmd(setup, str(tmp_path / "killed")), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        _cmd(setup, str(tmp_path / "killed")), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     seen = []
     for line in proc.stdout:
         seen.append(line)
@@ -71,13 +81,25 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     run_dir = glob.glob(str(tmp_path / "killed" / "tiny-*"))[0]
     with open(os.path.join(run_dir, "latest_checkpointed_iteration.txt")) as f:
         assert int(f.read()) in (20, 30)
-    resumed = subprocess.run(_cmd(setup, str(tmp_path / "killed"), **{"--load": run_dir}), env=_env(),
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        _cmd(setup, str(tmp_path / "killed"), **{"--load": run_dir}),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a = _final(glob.glob(str(tmp_path / "full" / "tiny-*"))[0])
     b = _final(run_dir)
-    for key in ("module", "optimizer", "lr_scheduler", "torch_rng_state", "rng_tracker_states", "data_position",
-                "iteration"):
+    for key in (
+        "module",
+        "optimizer",
+        "lr_scheduler",
+        "torch_rng_state",
+        "rng_tracker_states",
+        "data_position",
+        "iteration",
+    ):
         _assert_same(a[key], b[key], key)
     # and the lr is the scheduler's value at N
     assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
@@ -98,8 +120,13 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     assert any(name.startswith(".tmp") for name in os.listdir(os.path.join(run_dir, "20")))
     state = load_checkpoint_state(run_dir)
     assert "word_embeddings.weight" in state
-    resumed = subprocess.run(_cmd(setup, str(tmp_path / "run"), **{"--load": run_dir}), env=_env(),
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        _cmd(setup, str(tmp_path / "run"), **{"--load": run_dir}),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "starting at iteration 10" in resumed.stdout
     # saving iteration 20 again removed the half-written temporary file the kill left

@@ -1,4 +1,5 @@
 """Launch scripts, DeepSpeed configs and env/ files: syntax, spec values, and CPU runs."""
+
 from __future__ import annotations
 
 import glob
@@ -14,8 +15,12 @@ import pytest
 from .training_data import tiny_flags, tiny_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHELL_FILES = ["scripts/pretrain_single_node.sh", "scripts/pretrain_multiple_nodes.sh", "scripts/training_common.sh",
-               "env/start_docker.sh"]
+SHELL_FILES = [
+    "scripts/pretrain_single_node.sh",
+    "scripts/pretrain_multiple_nodes.sh",
+    "scripts/training_common.sh",
+    "env/start_docker.sh",
+]
 
 
 @pytest.mark.parametrize("path", SHELL_FILES)
@@ -24,8 +29,7 @@ def test_shell_syntax(path):
 
 
 def test_python_env_files_compile(tmp_path):
-    py_compile.compile(os.path.join(ROOT, "env", "setup_connection.py"), cfile=str(tmp_path / "x.pyc"),
-                       doraise=True)
+    py_compile.compile(os.path.join(ROOT, "env", "setup_connection.py"), cfile=str(tmp_path / "x.pyc"), doraise=True)
     for name in ("dockerfile", "ip_list.txt.example"):
         assert os.path.isfile(os.path.join(ROOT, "env", name))
     docker = open(os.path.join(ROOT, "env", "dockerfile")).read()
@@ -34,8 +38,16 @@ def test_python_env_files_compile(tmp_path):
 
 def test_setup_connection_writes_hostfile_and_ssh_config(tmp_path):
     hostfile, ssh = tmp_path / "hostfile", tmp_path / "ssh" / "config"
-    cmd = [sys.executable, os.path.join(ROOT, "env", "setup_connection.py"), "10.0.0.1", "10.0.0.2",
-           "--hostfile", str(hostfile), "--ssh-config", str(ssh)]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "env", "setup_connection.py"),
+        "10.0.0.1",
+        "10.0.0.2",
+        "--hostfile",
+        str(hostfile),
+        "--ssh-config",
+        str(ssh),
+    ]
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     assert hostfile.read_text() == "node0 slots=8\nnode1 slots=8\n"
     assert "HostName 10.0.0.2" in ssh.read_text() and "Port 2222" in ssh.read_text()
@@ -63,18 +75,36 @@ def _script_env() -> dict:
 
 def _overrides(setup, save):
     """The recipe's flags made tiny (the scripts append extra arguments last)."""
-    return tiny_flags(setup, save, **{"--train-iters": 2, "--batch-size": None, "--lr": None, "--warmup": None,
-                                      "--lr-decay-style": None, "--seed": None, "--device": None,
-                                      "--experiment-name": None, "--save-interval": None,
-                                      "--max-memory-length": None})
+    return tiny_flags(
+        setup,
+        save,
+        **{
+            "--train-iters": 2,
+            "--batch-size": None,
+            "--lr": None,
+            "--warmup": None,
+            "--lr-decay-style": None,
+            "--seed": None,
+            "--device": None,
+            "--experiment-name": None,
+            "--save-interval": None,
+            "--max-memory-length": None,
+        },
+    )
 
 
 @pytest.mark.slow
 def test_single_node_script_trains_on_cpu(tmp_path):
     setup = tiny_setup(str(tmp_path))
     save = str(tmp_path / "ckpt")
-    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "pretrain_single_node.sh"), *_overrides(setup, save)],
-                          env=_script_env(), cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", os.path.join(ROOT, "scripts", "pretrain_single_node.sh"), *_overrides(setup, save)],
+        env=_script_env(),
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "training on CPU" in proc.stderr and "back end deepspeed" in proc.stdout
     (run,) = glob.glob(os.path.join(save, "cogview-bird_animal_tutorial-12-1024-16-*"))
@@ -89,12 +119,17 @@ def test_multiple_nodes_script_two_nodes_on_localhost(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen(["bash", os.path.join(ROOT, "scripts", "pretrain_multiple_nodes.sh"),
-                               *_overrides(setup, save)],
-                              env={**_script_env(), "NODE_RANK": str(r), "MASTER_ADDR": "127.0.0.1",
-                                   "MASTER_PORT": str(port)},
-                              cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-              for r in range(2)]
+    procs = [
+        subprocess.Popen(
+            ["bash", os.path.join(ROOT, "scripts", "pretrain_multiple_nodes.sh"), *_overrides(setup, save)],
+            env={**_script_env(), "NODE_RANK": str(r), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+            cwd=str(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
     assert "world size 2" in outs[0]

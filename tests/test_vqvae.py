@@ -1,4 +1,5 @@
 """VQ-VAE against the original's reference outputs, plus loader / image I/O behaviour."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,21 @@ import pytest
 import torch
 from PIL import Image
 
-from vqvae import (MEAN, STD, VQVAE, ResBlock, code2img, denormalize, img2code, infer_config,
-                   load_model, new_model, normalize, read_img, save_image)
+from vqvae import (
+    MEAN,
+    STD,
+    VQVAE,
+    ResBlock,
+    code2img,
+    denormalize,
+    img2code,
+    infer_config,
+    load_model,
+    new_model,
+    normalize,
+    read_img,
+    save_image,
+)
 
 from .conftest import fixture_path, load_fixture_json
 
@@ -120,7 +134,7 @@ def test_bare_prefixed_and_wrapped_state_dicts(fx, model, tmp_path):
     _, inputs, expected = fx
     raw = torch.load(fixture_path("vqvae", "vqvae.pt"), map_location="cpu", weights_only=True)
     assert all(k.startswith("module.") for k in raw)
-    bare = {k[len("module."):]: v for k, v in raw.items()}
+    bare = {k[len("module.") :]: v for k, v in raw.items()}
     torch.save(bare, tmp_path / "bare.pt")
     torch.save({"model": bare, "config": dict(model.config)}, tmp_path / "wrapped.pt")
     torch.save({k: v.half() for k, v in raw.items()}, tmp_path / "fp16.pt")
@@ -139,8 +153,15 @@ def test_infer_config_all_modes():
     for stride in (6, 4, 2):
         for simple in (True, False):
             for n_res in (0, 2):
-                m = VQVAE(channel=16, n_res_block=n_res, n_res_channel=8, embed_dim=4, n_embed=10,
-                          stride=stride, simple=simple)
+                m = VQVAE(
+                    channel=16,
+                    n_res_block=n_res,
+                    n_res_channel=8,
+                    embed_dim=4,
+                    n_embed=10,
+                    stride=stride,
+                    simple=simple,
+                )
                 got = infer_config(m.state_dict())
                 want = dict(m.config, legacy_inplace_relu=False)
                 if stride != 6:  # simple only changes the mode-6 layout
@@ -153,8 +174,7 @@ def test_infer_config_all_modes():
 @pytest.mark.parametrize("stride,factor", [(6, 8), (4, 4), (2, 2)])
 @pytest.mark.parametrize("simple", [True, False])
 def test_stride_modes_shapes(stride, factor, simple):
-    m = VQVAE(channel=16, n_res_block=1, n_res_channel=8, embed_dim=4, n_embed=10, stride=stride,
-              simple=simple).eval()
+    m = VQVAE(channel=16, n_res_block=1, n_res_channel=8, embed_dim=4, n_embed=10, stride=stride, simple=simple).eval()
     x = torch.randn(2, 3, 32, 32)
     dec, diff = m(x)
     assert dec.shape == x.shape and diff.shape == (1,)
@@ -164,8 +184,7 @@ def test_stride_modes_shapes(stride, factor, simple):
 
 
 def test_mode6_key_layout_with_resblocks():
-    keys = VQVAE(channel=16, n_res_block=2, n_res_channel=8, embed_dim=4, n_embed=10,
-                 stride=6).state_dict()
+    keys = VQVAE(channel=16, n_res_block=2, n_res_channel=8, embed_dim=4, n_embed=10, stride=6).state_dict()
     assert keys["enc_b.blocks.5.conv.1.weight"].shape == (8, 16, 3, 3)
     assert keys["enc_b.blocks.6.conv.3.weight"].shape == (16, 8, 1, 1)
     assert keys["enc_b.blocks.8.weight"].shape == (4, 16, 1, 1)
@@ -256,8 +275,9 @@ def test_read_img_modes_resize_and_crop(tmp_path):
     want = torch.from_numpy(np.asarray(resized.crop((8, 0, 40, 32)), dtype=np.float32) / 255)
     torch.testing.assert_close(out[0], normalize(want.permute(2, 0, 1)))
     for mode in ("L", "P", "CMYK", "LA", "RGBA", "I;16"):
-        img = rgb.convert(mode) if mode != "I;16" else Image.fromarray(
-            rng.integers(0, 65535, (40, 60), dtype=np.uint16))
+        img = (
+            rgb.convert(mode) if mode != "I;16" else Image.fromarray(rng.integers(0, 65535, (40, 60), dtype=np.uint16))
+        )
         path = tmp_path / f"img_{mode.replace(';', '')}.{'tiff' if mode in ('CMYK', 'I;16') else 'png'}"
         img.save(path)
         x = read_img(str(path), 16)
@@ -308,9 +328,11 @@ def test_original_checkpoint_with_resblocks_loads_with_the_original_resblock(tmp
     """A file written by the original code (bare state dict, no config) was trained with the
     in-place ReLU skip, so load_model reproduces it; our own checkpoints keep the fix."""
     import vqvae
+
     torch.manual_seed(0)
-    original = VQVAE(channel=16, n_res_block=1, n_res_channel=8, embed_dim=8, n_embed=16, stride=4,
-                     legacy_inplace_relu=True).eval()
+    original = VQVAE(
+        channel=16, n_res_block=1, n_res_channel=8, embed_dim=8, n_embed=16, stride=4, legacy_inplace_relu=True
+    ).eval()
     torch.save({"module." + k: v for k, v in original.state_dict().items()}, tmp_path / "orig.pt")
     loaded = vqvae.load_model(str(tmp_path / "orig.pt"))
     x = torch.randn(1, 3, 32, 32)

@@ -1,4 +1,5 @@
 """VQ-VAE training: runs, learns, checkpoints, reloads and resumes exactly."""
+
 from __future__ import annotations
 
 import os
@@ -51,10 +52,39 @@ def images(tmp_path_factory):
 
 
 def tiny(data, save, iters: int, *extra: str) -> list[str]:
-    return ["--data", str(data), "--save", str(save), "--img-size", "32", "--channel", "32",
-            "--embed-dim", "8", "--n-embed", "32", "--stride", "4", "--batch-size", "8",
-            "--lr", "3e-3", "--iters", str(iters), "--save-interval", "6", "--log-interval", "2",
-            "--num-workers", "0", "--device", "cpu", "--seed", "7", *extra]
+    return [
+        "--data",
+        str(data),
+        "--save",
+        str(save),
+        "--img-size",
+        "32",
+        "--channel",
+        "32",
+        "--embed-dim",
+        "8",
+        "--n-embed",
+        "32",
+        "--stride",
+        "4",
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--iters",
+        str(iters),
+        "--save-interval",
+        "6",
+        "--log-interval",
+        "2",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--seed",
+        "7",
+        *extra,
+    ]
 
 
 def test_dataset_listing_and_sampler(images):
@@ -126,8 +156,20 @@ def test_resume_without_checkpoint_starts_fresh_and_keep_last(images, tmp_path):
 def test_decoder_only_keeps_every_code_and_learns(images, tmp_path):
     base = main(tiny(images, tmp_path / "base", 6, "--n-embed", "64"))["model"]
     # model flags differ from the file's on purpose: --init's config wins
-    out = main(tiny(images, tmp_path / "dec", 12, "--init", str(tmp_path / "base"), "--decoder-only",
-                    "--n-embed", "16", "--dead-code-threshold", "100"))
+    out = main(
+        tiny(
+            images,
+            tmp_path / "dec",
+            12,
+            "--init",
+            str(tmp_path / "base"),
+            "--decoder-only",
+            "--n-embed",
+            "16",
+            "--dead-code-threshold",
+            "100",
+        )
+    )
     tuned = out["model"]
     assert tuned.config == base.config
     before, after = base.state_dict(), tuned.state_dict()
@@ -215,14 +257,41 @@ def test_ema_statistics_all_reduced_across_ranks(tmp_path):
 def test_script_and_torchrun(images, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     args = tiny(images, tmp_path / "s", 2, "--save-interval", "2")
-    subprocess.run(["bash", os.path.join(ROOT, "scripts", "train_vqvae.sh"), *args], check=True,
-                   cwd=ROOT, env=env, capture_output=True, timeout=300)
+    subprocess.run(
+        ["bash", os.path.join(ROOT, "scripts", "train_vqvae.sh"), *args],
+        check=True,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
     assert (tmp_path / "s" / "latest").read_text() == "2"
-    subprocess.run([sys.executable, "-m", "vqvae.train", "--help"], check=True,
-                   cwd=str(tmp_path), env=env, capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "vqvae.train", "--help"],
+        check=True,
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     args = tiny(images, tmp_path / "t", 4, "--save-interval", "4")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--standalone", "-m", "vqvae.train", *args], check=True, cwd=ROOT, env=env,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            "-m",
+            "vqvae.train",
+            *args,
+        ],
+        check=True,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
     assert (tmp_path / "t" / "latest").read_text() == "4"
     assert load_model(tmp_path / "t").config["n_embed"] == 32

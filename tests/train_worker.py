@@ -3,6 +3,7 @@
 Rank 0 writes {"losses": [...], "replicas_identical": bool, "max_replica_diff": float}
 to the json file named by $TRAIN_WORKER_OUT.  Exit code 0 = trained.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,15 @@ def main() -> int:
     diff = max(float((g - flat).abs().max()) for g in gathered)
     if dist.get_rank() == 0 and os.environ.get("TRAIN_WORKER_OUT"):
         with open(os.environ["TRAIN_WORKER_OUT"], "w") as f:
-            json.dump({"losses": result.state.losses, "replicas_identical": diff == 0.0,
-                       "max_replica_diff": diff, "dp_world": world}, f)
+            json.dump(
+                {
+                    "losses": result.state.losses,
+                    "replicas_identical": diff == 0.0,
+                    "max_replica_diff": diff,
+                    "dp_world": world,
+                },
+                f,
+            )
     dist.barrier()
     dist.destroy_process_group()
     return 0

@@ -3,6 +3,7 @@
 Rows follow the CogView layout ``[ROI1] text [BASE] [BOI1] codes [EOI1]`` with
 image codes that depend on the text, so a few dozen steps visibly lower the loss.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,9 @@ def make_text_tokenizer(folder: str) -> str:
     with open(text, "w") as f:
         for _ in range(20):
             f.write("\n".join(WORDS) + "\n")
-    return train_text_tokenizer(text, prefix, vocab_size=24, model_type="char", character_coverage=1.0,
-                                user_defined_symbols=())
+    return train_text_tokenizer(
+        text, prefix, vocab_size=24, model_type="char", character_coverage=1.0, user_defined_symbols=()
+    )
 
 
 def tokenizer_for(sp_model: str):
@@ -46,11 +48,23 @@ def make_rows(tokenizer, n: int, codes: int = 16, seed: int = 0, roi2: bool = Fa
         base = (w * 7 + np.arange(codes) * (w + 1)) % NUM_IMAGE_TOKENS
         noise = rng.randint(0, NUM_IMAGE_TOKENS, size=codes)
         code = np.where(rng.rand(codes) < 0.1, noise, base)
-        row = [tokenizer["[ROI1]"], *text, tokenizer["[BASE]"], tokenizer["[BOI1]"], *code.tolist(),
-               tokenizer["[EOI1]"]]
+        row = [
+            tokenizer["[ROI1]"],
+            *text,
+            tokenizer["[BASE]"],
+            tokenizer["[BOI1]"],
+            *code.tolist(),
+            tokenizer["[EOI1]"],
+        ]
         if roi2:
-            row += [tokenizer["[ROI2]"], tokenizer["[POS0]"], tokenizer["[BASE]"], tokenizer["[BOI2]"],
-                    *code[::-1].tolist(), tokenizer["[EOI2]"]]
+            row += [
+                tokenizer["[ROI2]"],
+                tokenizer["[POS0]"],
+                tokenizer["[BASE]"],
+                tokenizer["[BOI2]"],
+                *code[::-1].tolist(),
+                tokenizer["[EOI2]"],
+            ]
         rows.append(np.asarray(row, dtype=np.int64))
     return rows
 
@@ -75,14 +89,31 @@ def tiny_setup(folder: str, n_rows: int = 32, roi2: bool = False) -> dict:
 def tiny_flags(setup: dict, save: str, **overrides) -> List[str]:
     """The command line of a tiny run (2 layers, hidden 32); overrides replace/add flags."""
     flags = {
-        "--num-layers": 2, "--hidden-size": 32, "--num-attention-heads": 4,
-        "--max-position-embeddings": 33, "--make-vocab-size-divisible-by": 32,
-        "--img-tokenizer-num-tokens": NUM_IMAGE_TOKENS, "--txt-tokenizer-path": setup["sp"],
-        "--train-data": setup["lmdb"], "--dataset-type": "TokenizedDataset", "--split": "1",
-        "--batch-size": 4, "--lr": 3e-3, "--warmup": 0.1, "--lr-decay-style": "cosine",
-        "--train-iters": 20, "--log-interval": 1, "--save": save, "--save-interval": 1000,
-        "--num-workers": 0, "--seed": 7, "--device": "cpu", "--max-memory-length": 0,
-        "--experiment-name": "tiny", "--summary-dir": os.path.join(save, "tb"), "--eval-interval": 1000,
+        "--num-layers": 2,
+        "--hidden-size": 32,
+        "--num-attention-heads": 4,
+        "--max-position-embeddings": 33,
+        "--make-vocab-size-divisible-by": 32,
+        "--img-tokenizer-num-tokens": NUM_IMAGE_TOKENS,
+        "--txt-tokenizer-path": setup["sp"],
+        "--train-data": setup["lmdb"],
+        "--dataset-type": "TokenizedDataset",
+        "--split": "1",
+        "--batch-size": 4,
+        "--lr": 3e-3,
+        "--warmup": 0.1,
+        "--lr-decay-style": "cosine",
+        "--train-iters": 20,
+        "--log-interval": 1,
+        "--save": save,
+        "--save-interval": 1000,
+        "--num-workers": 0,
+        "--seed": 7,
+        "--device": "cpu",
+        "--max-memory-length": 0,
+        "--experiment-name": "tiny",
+        "--summary-dir": os.path.join(save, "tb"),
+        "--eval-interval": 1000,
         "--eval-iters": 2,
     }
     flags.update(overrides)

@@ -4,6 +4,7 @@ The loop only calls ``model(...)``, ``backward``, ``step`` (False = step skipped
 and reads ``optimizer.param_groups`` (the lr scheduler writes them).  DeepSpeed
 is imported here, lazily, and only for ``--deepspeed``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,20 +38,27 @@ class TorchBackend:
         self.device = device
         self.args = args
         self.dtype = DTYPES[args.dtype]
-        self.optimizer = torch.optim.AdamW(gpt2_get_params_for_weight_decay_optimization(module),
-                                           lr=args.lr, weight_decay=args.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            gpt2_get_params_for_weight_decay_optimization(module), lr=args.lr, weight_decay=args.weight_decay
+        )
         self.model: nn.Module = self.module
         if mpu.get_data_parallel_world_size() > 1:
             self.model = nn.parallel.DistributedDataParallel(
-                self.module, device_ids=[device] if device.type == "cuda" else None,
-                process_group=mpu.get_data_parallel_group())
+                self.module,
+                device_ids=[device] if device.type == "cuda" else None,
+                process_group=mpu.get_data_parallel_group(),
+            )
         self.scaler: Optional[torch.amp.GradScaler] = None
         if self.dtype == torch.float16:
             # dynamic scaling as the original's DynamicLossScaler (start 2^32, factor 2, window);
             # --loss-scale sets the start value; --min-scale/--hysteresis have no GradScaler twin
             self.scaler = torch.amp.GradScaler(
-                "cuda", init_scale=args.loss_scale or 2.0 ** 32, growth_factor=2.0, backoff_factor=0.5,
-                growth_interval=int(args.loss_scale_window))
+                "cuda",
+                init_scale=args.loss_scale or 2.0**32,
+                growth_factor=2.0,
+                backoff_factor=0.5,
+                growth_interval=int(args.loss_scale_window),
+            )
         self.named_params = list(self.module.named_parameters())
         self.grad_norm = 0.0
 
@@ -104,6 +112,7 @@ class TorchBackend:
 
 # ------------------------------------------------------------------------- DeepSpeed
 
+
 def prepare_deepspeed_environment(on_cpu: bool) -> None:
     """What DeepSpeed needs to run on CPU: the CPU accelerator, and no shm comm op.
 
@@ -152,8 +161,7 @@ def deepspeed_config(args, on_cpu: bool) -> Tuple[dict, dict]:
         fp16 = {"enabled": False}  # DeepSpeed validates the other keys even when disabled
     elif isinstance(fp16.get("min_loss_scale"), float) and not float(fp16["min_loss_scale"]).is_integer():
         # DeepSpeed 0.4 took 0.01 (ds_config.json); 0.19 wants an integer
-        print(f"WARNING: fp16 min_loss_scale {fp16['min_loss_scale']} -> 1 (DeepSpeed needs an integer)",
-              flush=True)
+        print(f"WARNING: fp16 min_loss_scale {fp16['min_loss_scale']} -> 1 (DeepSpeed needs an integer)", flush=True)
         fp16["min_loss_scale"] = 1
     config["fp16"] = fp16
     return config, opt_params
@@ -177,12 +185,19 @@ class DeepSpeedBackend:
             for name, param in module.named_parameters():
                 param.model_parallel = is_model_parallel_split(name)
         optimizer = torch.optim.AdamW(
-            gpt2_get_params_for_weight_decay_optimization(module), lr=args.lr,
-            weight_decay=args.weight_decay, betas=tuple(opt_params.get("betas", (0.9, 0.999))),
-            eps=opt_params.get("eps", 1e-8))
+            gpt2_get_params_for_weight_decay_optimization(module),
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            betas=tuple(opt_params.get("betas", (0.9, 0.999))),
+            eps=opt_params.get("eps", 1e-8),
+        )
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=module, optimizer=optimizer, config=self.config,
-            mpu=mpu if mpu.get_model_parallel_world_size() > 1 else None, dist_init_required=False)
+            model=module,
+            optimizer=optimizer,
+            config=self.config,
+            mpu=mpu if mpu.get_model_parallel_world_size() > 1 else None,
+            dist_init_required=False,
+        )
         self.model = self.engine
         self.module = self.engine.module
         self.device = device
@@ -230,7 +245,6 @@ def make_backend(module: nn.Module, args, device: torch.device):
     if args.deepspeed:
         return DeepSpeedBackend(module, args, device)
     if args.dtype == "float16" and device.type != "cuda":
-        print("WARNING: --fp16 needs a GPU; training in bf16 on CPU instead", file=sys.stderr,
-              flush=True)
+        print("WARNING: --fp16 needs a GPU; training in bf16 on CPU instead", file=sys.stderr, flush=True)
         args.dtype = "bfloat16"
     return TorchBackend(module, args, device)

@@ -8,6 +8,7 @@ force.  RNG states are stored as tensors, so the files load with
 ``torch.load(weights_only=True)``.  With DeepSpeed the engine writes the files
 (plus its ZeRO shards) and our state goes in its ``client_state``.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,14 @@ from arch.model_config import FLAG_KEYS, MODEL_CONFIG_FILENAME, PATH_KEYS, write
 from common.fileio import remove_stale_temps, write_text_atomic
 
 # flags that fix the shapes of the model's tensors (and how the files are split)
-MODEL_SHAPE_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "vocab_size",
-                     "max_position_embeddings", "model_parallel_size")
+MODEL_SHAPE_FLAGS = (
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "vocab_size",
+    "max_position_embeddings",
+    "model_parallel_size",
+)
 
 
 def _print0(message: str) -> None:
@@ -70,25 +77,35 @@ def check_model_shape_args(stored: Optional[dict], args, source: str) -> None:
         value, current = stored[name], getattr(args, name)
         if int(current) != int(value):
             flag = "--" + name.replace("_", "-")
-            hint = {"vocab_size": " (the padded tokenizer size: check --img-tokenizer-num-tokens, "
-                                  "--txt-tokenizer-path, --make-vocab-size-divisible-by)",
-                    "model_parallel_size": " (re-split the checkpoint with arch/change_mp.py)"}.get(name, "")
-            raise CheckpointError(f"{source}: {flag} is {int(value)} in the checkpoint but {int(current)} "
-                                  f"on the command line{hint}")
+            hint = {
+                "vocab_size": " (the padded tokenizer size: check --img-tokenizer-num-tokens, "
+                "--txt-tokenizer-path, --make-vocab-size-divisible-by)",
+                "model_parallel_size": " (re-split the checkpoint with arch/change_mp.py)",
+            }.get(name, "")
+            raise CheckpointError(
+                f"{source}: {flag} is {int(value)} in the checkpoint but {int(current)} on the command line{hint}"
+            )
 
 
 # ------------------------------------------------------------------------------ RNG state
+
 
 def get_rng_state() -> dict:
     """python, numpy, torch (CPU, CUDA) and tracker RNG states, all as tensors."""
     version, internal, gauss = random.getstate()
     _, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
-        "random_rng_state": {"version": torch.tensor(version), "state": torch.tensor(internal, dtype=torch.int64),
-                             "gauss": torch.tensor([] if gauss is None else [gauss], dtype=torch.float64)},
-        "np_rng_state": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": torch.tensor(pos),
-                         "has_gauss": torch.tensor(has_gauss),
-                         "cached_gaussian": torch.tensor(cached, dtype=torch.float64)},
+        "random_rng_state": {
+            "version": torch.tensor(version),
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss": torch.tensor([] if gauss is None else [gauss], dtype=torch.float64),
+        },
+        "np_rng_state": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": torch.tensor(pos),
+            "has_gauss": torch.tensor(has_gauss),
+            "cached_gaussian": torch.tensor(cached, dtype=torch.float64),
+        },
         "torch_rng_state": torch.get_rng_state(),
         "rng_tracker_states": mpu.get_rng_tracker().get_states(),
     }
@@ -100,11 +117,17 @@ def get_rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     py = state["random_rng_state"]
     gauss = py["gauss"].tolist()
-    random.setstate((int(py["version"]), tuple(int(x) for x in py["state"].tolist()),
-                     gauss[0] if gauss else None))
+    random.setstate((int(py["version"]), tuple(int(x) for x in py["state"].tolist()), gauss[0] if gauss else None))
     npst = state["np_rng_state"]
-    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), int(npst["pos"]),
-                         int(npst["has_gauss"]), float(npst["cached_gaussian"])))
+    np.random.set_state(
+        (
+            "MT19937",
+            npst["keys"].numpy().astype(np.uint32),
+            int(npst["pos"]),
+            int(npst["has_gauss"]),
+            float(npst["cached_gaussian"]),
+        )
+    )
     torch.set_rng_state(state["torch_rng_state"])
     if "cuda_rng_state" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda_rng_state"])
@@ -113,6 +136,7 @@ def set_rng_state(state: dict) -> None:
 
 # --------------------------------------------------------------------------------- saving
 
+
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -120,15 +144,19 @@ def _barrier() -> None:
 
 def training_state(args, data_position: int, skipped_steps: int) -> dict:
     """What a resume needs besides weights, optimizer and scheduler."""
-    state = {"model_args": model_shape_args(args), "data_position": int(data_position),
-             "skipped_steps": int(skipped_steps)}
+    state = {
+        "model_args": model_shape_args(args),
+        "data_position": int(data_position),
+        "skipped_steps": int(skipped_steps),
+    }
     if not args.no_save_rng:
         state.update(get_rng_state())
     return state
 
 
-def save_training_checkpoint(save_dir: str, iteration: int, backend, scheduler, args,
-                             data_position: int, skipped_steps: int = 0) -> None:
+def save_training_checkpoint(
+    save_dir: str, iteration: int, backend, scheduler, args, data_position: int, skipped_steps: int = 0
+) -> None:
     """Every rank calls this; files per model-parallel rank, tracker last by global rank 0."""
     os.makedirs(save_dir, exist_ok=True)
     state = training_state(args, data_position, skipped_steps)
@@ -140,15 +168,22 @@ def save_training_checkpoint(save_dir: str, iteration: int, backend, scheduler, 
             # generate_samples.py reads (collective call; rank 0 of each mp group writes)
             module_state = backend.engine._zero3_consolidated_16bit_state_dict()
             if mpu.get_data_parallel_rank() == 0:
-                save_checkpoint(save_dir, iteration, {k: v.cpu() for k, v in module_state.items()}, extra=state,
-                                mp_rank=mpu.get_model_parallel_rank(), write_tracker=False)
+                save_checkpoint(
+                    save_dir,
+                    iteration,
+                    {k: v.cpu() for k, v in module_state.items()},
+                    extra=state,
+                    mp_rank=mpu.get_model_parallel_rank(),
+                    write_tracker=False,
+                )
     elif mpu.get_data_parallel_rank() == 0:
         state["lr_scheduler"] = scheduler.state_dict()
         if not args.no_save_optim:
             state.update(backend.optimizer_state())
         module_state = {k: v.detach().cpu() for k, v in backend.module.state_dict().items()}
-        save_checkpoint(save_dir, iteration, module_state, extra=state,
-                        mp_rank=mpu.get_model_parallel_rank(), write_tracker=False)
+        save_checkpoint(
+            save_dir, iteration, module_state, extra=state, mp_rank=mpu.get_model_parallel_rank(), write_tracker=False
+        )
     _barrier()
     if not dist.is_initialized() or dist.get_rank() == 0:
         for name in (MODEL_CONFIG_FILENAME, TRACKER_FILENAME):  # temporaries of a save killed mid-write
@@ -174,8 +209,10 @@ def _drop_other_position_table(ckpt: dict, module, source: str) -> bool:
     ckpt["module"] = {k: v for k, v in ckpt["module"].items() if k != POSITION_TABLE}
     if ckpt.get("model_args"):
         ckpt["model_args"] = {k: v for k, v in ckpt["model_args"].items() if k != "max_position_embeddings"}
-    _print0(f"{source}: position table {tuple(theirs.shape)} not loaded (this model has {tuple(own.shape)}; "
-            "--magnify-position-init sets it)")
+    _print0(
+        f"{source}: position table {tuple(theirs.shape)} not loaded (this model has {tuple(own.shape)}; "
+        "--magnify-position-init sets it)"
+    )
     return True
 
 
@@ -194,17 +231,23 @@ def load_training_checkpoint(load_dir: str, backend, scheduler, args) -> Tuple[i
     file = resolve_checkpoint_file(load_dir, mp_rank)
     ckpt = load_full_checkpoint(load_dir, trust=args.trust_checkpoint, mp_rank=mp_rank)
     weights_only = release or args.finetune
-    new_table = (weights_only and args.magnify_position_init
-                 and _drop_other_position_table(ckpt, backend.module, file))
+    new_table = weights_only and args.magnify_position_init and _drop_other_position_table(ckpt, backend.module, file)
     check_model_shape_args(ckpt.get("model_args"), args, file)
     if backend.name == "deepspeed":
         if new_table:
-            raise CheckpointError(f"{file}: its position table has another size; with DeepSpeed, start from a "
-                                  "checkpoint of this --max-position-embeddings (or train on the torch back end)")
+            raise CheckpointError(
+                f"{file}: its position table has another size; with DeepSpeed, start from a "
+                "checkpoint of this --max-position-embeddings (or train on the torch back end)"
+            )
         if backend.engine.zero_optimization_stage() != 3:  # ZeRO-3 modules hold partitions
             check_state_dict(backend.module, ckpt["module"], file)
-        backend.engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=not (weights_only or args.no_load_optim),
-                                       load_lr_scheduler_states=False, load_module_only=weights_only)
+        backend.engine.load_checkpoint(
+            load_dir,
+            tag=tag,
+            load_optimizer_states=not (weights_only or args.no_load_optim),
+            load_lr_scheduler_states=False,
+            load_module_only=weights_only,
+        )
         sched_state = ckpt.get("client_lr_scheduler")
     else:
         state = {k: v for k, v in ckpt["module"].items()}
@@ -212,8 +255,9 @@ def load_training_checkpoint(load_dir: str, backend, scheduler, args) -> Tuple[i
         if new_table:  # dropped above: keep the model's own, set by --magnify-position-init
             state[POSITION_TABLE] = backend.module.state_dict()[POSITION_TABLE]
         check_state_dict(backend.module, state, file)
-        backend.module.load_state_dict({k: v.to(param.dtype) if v.is_floating_point() else v
-                                        for k, v in state.items()}, strict=True)
+        backend.module.load_state_dict(
+            {k: v.to(param.dtype) if v.is_floating_point() else v for k, v in state.items()}, strict=True
+        )
         if not (weights_only or args.no_load_optim) and "optimizer" in ckpt:
             backend.load_optimizer_state(ckpt)
         sched_state = ckpt.get("lr_scheduler")

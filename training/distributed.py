@@ -3,6 +3,7 @@
 On a machine without a GPU everything runs on CPU with the gloo back end, so the
 same command trains on a laptop, on CPU nodes and on GPUs.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,11 +41,11 @@ def init_distributed(args, device: torch.device) -> None:
         os.environ.setdefault("RANK", str(args.rank))
         os.environ.setdefault("WORLD_SIZE", str(args.world_size))
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-        dist.init_process_group(backend=backend, init_method="env://",
-                                world_size=args.world_size, rank=args.rank)
+        dist.init_process_group(backend=backend, init_method="env://", world_size=args.world_size, rank=args.rank)
     if args.world_size % args.model_parallel_size:
-        raise ValueError(f"world size {args.world_size} is not divisible by --model-parallel-size "
-                         f"{args.model_parallel_size}")
+        raise ValueError(
+            f"world size {args.world_size} is not divisible by --model-parallel-size {args.model_parallel_size}"
+        )
     mpu.initialize_model_parallel(args.model_parallel_size)
 
 

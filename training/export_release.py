@@ -22,6 +22,7 @@ vqvae: the weights and constructor config of a vqvae.train checkpoint, without o
 and RNG state (fp32: nearest-code search is sensitive to rounding).
 Every file is written atomically.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,20 +30,24 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import torch
-
 from arch.checkpoint import CheckpointError, StateDict, load_checkpoint_state, read_tracker, save_checkpoint
 from arch.model_config import model_config_path, read_model_config, write_model_config
 from common.dtypes import DTYPES
 from common.fileio import torch_save_atomic
 
 
-
-def export_gpt(src: str, dst: str, dtype: str = "float16", img_tokenizer_path: Optional[str] = None,
-               txt_tokenizer_path: Optional[str] = None, average: Sequence[str] = (),
-               guidance_scale: Optional[Dict[str, float]] = None, caption_rerank: bool = False,
-               caption_rerank_weight: Optional[float] = None,
-               guidance_top_k: Optional[Dict[str, int]] = None) -> str:
+def export_gpt(
+    src: str,
+    dst: str,
+    dtype: str = "float16",
+    img_tokenizer_path: Optional[str] = None,
+    txt_tokenizer_path: Optional[str] = None,
+    average: Sequence[str] = (),
+    guidance_scale: Optional[Dict[str, float]] = None,
+    caption_rerank: bool = False,
+    caption_rerank_weight: Optional[float] = None,
+    guidance_top_k: Optional[Dict[str, int]] = None,
+) -> str:
     tag, _ = read_tracker(src)
     if tag is None:
         raise CheckpointError(f"{src}: no latest_checkpointed_iteration.txt; nothing to export")
@@ -84,8 +89,10 @@ def average_states(states: Sequence[StateDict], names: Sequence[str]) -> StateDi
             raise CheckpointError(f"{name}: key {odd} differs from {names[0]}; only checkpoints of one model average")
         for k, v in state.items():
             if v.shape != first[k].shape:
-                raise CheckpointError(f"{name}: {k} has shape {tuple(v.shape)}, {names[0]} "
-                                      f"{tuple(first[k].shape)}; only checkpoints of one model average")
+                raise CheckpointError(
+                    f"{name}: {k} has shape {tuple(v.shape)}, {names[0]} "
+                    f"{tuple(first[k].shape)}; only checkpoints of one model average"
+                )
     out = {}
     for k, v in first.items():
         if v.is_floating_point():
@@ -144,27 +151,65 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
-    p.add_argument("--average", action="append", default=[], metavar="OTHER",
-                   help="gpt: average SRC's weights with this checkpoint's (repeatable)")
+    p.add_argument(
+        "--average",
+        action="append",
+        default=[],
+        metavar="OTHER",
+        help="gpt: average SRC's weights with this checkpoint's (repeatable)",
+    )
     p.add_argument("--img-tokenizer-path")
     p.add_argument("--txt-tokenizer-path")
-    p.add_argument("--guidance-scale", action="append", default=[], metavar="TASK=S", type=task_scale,
-                   help="gpt: the --guidance-scale generation uses for TASK by default (repeatable)")
-    p.add_argument("--guidance-top-k", action="append", default=[], metavar="TASK=K", type=task_top_k,
-                   help="gpt: the --guidance-top-k generation uses for TASK by default (repeatable)")
-    p.add_argument("--caption-rerank", action="store_true",
-                   help="gpt: image2text ranks captions by log p(image | caption) by default")
-    p.add_argument("--caption-rerank-weight", type=float, metavar="W",
-                   help="gpt: ... + W log p(caption | image) (generate_samples.py's default)")
+    p.add_argument(
+        "--guidance-scale",
+        action="append",
+        default=[],
+        metavar="TASK=S",
+        type=task_scale,
+        help="gpt: the --guidance-scale generation uses for TASK by default (repeatable)",
+    )
+    p.add_argument(
+        "--guidance-top-k",
+        action="append",
+        default=[],
+        metavar="TASK=K",
+        type=task_top_k,
+        help="gpt: the --guidance-top-k generation uses for TASK by default (repeatable)",
+    )
+    p.add_argument(
+        "--caption-rerank",
+        action="store_true",
+        help="gpt: image2text ranks captions by log p(image | caption) by default",
+    )
+    p.add_argument(
+        "--caption-rerank-weight",
+        type=float,
+        metavar="W",
+        help="gpt: ... + W log p(caption | image) (generate_samples.py's default)",
+    )
     a = p.parse_args(argv)
     try:
         if a.kind == "gpt":
-            out = export_gpt(a.src, a.dst, a.dtype, a.img_tokenizer_path, a.txt_tokenizer_path, a.average,
-                             dict(a.guidance_scale), a.caption_rerank, a.caption_rerank_weight,
-                             dict(a.guidance_top_k))
+            out = export_gpt(
+                a.src,
+                a.dst,
+                a.dtype,
+                a.img_tokenizer_path,
+                a.txt_tokenizer_path,
+                a.average,
+                dict(a.guidance_scale),
+                a.caption_rerank,
+                a.caption_rerank_weight,
+                dict(a.guidance_top_k),
+            )
         else:
-            if (a.average or a.guidance_scale or a.guidance_top_k or a.caption_rerank
-                    or a.caption_rerank_weight is not None):
+            if (
+                a.average
+                or a.guidance_scale
+                or a.guidance_top_k
+                or a.caption_rerank
+                or a.caption_rerank_weight is not None
+            ):
                 p.error("--average, --guidance-scale/-top-k and --caption-rerank(-weight) are for gpt exports")
             out = export_vqvae(a.src, a.dst)
     except (CheckpointError, OSError, ValueError) as exc:

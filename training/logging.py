@@ -3,6 +3,7 @@
 Only global rank 0 logs.  The bar appears when stdout is a terminal, so batch jobs
 and tests get plain lines.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,18 @@ class TrainLogger:
         else:
             print(text, flush=True)
 
-    def step(self, iteration: int, lr: float, loss: float, img_loss: float, txt_loss: float, tokens: int,
-             skipped: bool, total_skipped: int, loss_scale: Optional[float]) -> None:
+    def step(
+        self,
+        iteration: int,
+        lr: float,
+        loss: float,
+        img_loss: float,
+        txt_loss: float,
+        tokens: int,
+        skipped: bool,
+        total_skipped: int,
+        loss_scale: Optional[float],
+    ) -> None:
         if not self.enabled:
             return
         if not skipped:
@@ -69,17 +80,25 @@ class TrainLogger:
         n = max(self.count, 1)
         means = {k: v / n for k, v in self.sums.items()} if self.count else {k: math.nan for k in self.sums}
         tokens_per_s = self.tokens / elapsed
-        line = (f" iteration {iteration:8d}/{self.args.train_iters:8d} | elapsed time per iteration (ms): "
-                f"{elapsed * 1000 / self.interval:.1f} | learning rate {lr:.6e} | lm loss {means['loss']:.8e} | "
-                f"img loss {means['img_loss']:.6e} | txt loss {means['txt_loss']:.6e} | "
-                f"tokens/s {tokens_per_s:.1f} | skipped {self.skipped} (total {total_skipped})")
+        line = (
+            f" iteration {iteration:8d}/{self.args.train_iters:8d} | elapsed time per iteration (ms): "
+            f"{elapsed * 1000 / self.interval:.1f} | learning rate {lr:.6e} | lm loss {means['loss']:.8e} | "
+            f"img loss {means['img_loss']:.6e} | txt loss {means['txt_loss']:.6e} | "
+            f"tokens/s {tokens_per_s:.1f} | skipped {self.skipped} (total {total_skipped})"
+        )
         if loss_scale is not None:
             line += f" | loss scale {loss_scale:.1f}"
         self.print(line)
         if self.writer is not None:
-            for key, value in (("lr", lr), ("train_loss", means["loss"]), ("img_loss", means["img_loss"]),
-                               ("txt_loss", means["txt_loss"]), ("tokens_per_s", tokens_per_s),
-                               ("skipped_steps", total_skipped), ("elapsed_time", elapsed)):
+            for key, value in (
+                ("lr", lr),
+                ("train_loss", means["loss"]),
+                ("img_loss", means["img_loss"]),
+                ("txt_loss", means["txt_loss"]),
+                ("tokens_per_s", tokens_per_s),
+                ("skipped_steps", total_skipped),
+                ("elapsed_time", elapsed),
+            ):
                 self.writer.add_scalar(f"Train/{key}", value, iteration)
             if loss_scale is not None:
                 self.writer.add_scalar("Train/loss_scale", loss_scale, iteration)

@@ -4,6 +4,7 @@ One iteration = one micro-batch: forward, loss reduced over the data-parallel
 ranks (a NaN/inf loss skips the step on every rank), backward, clipped optimizer
 step, lr-scheduler step when the optimizer step was applied.
 """
+
 from __future__ import annotations
 
 import math
@@ -68,16 +69,24 @@ class Trainer:
         self.dp_world = mpu.get_data_parallel_world_size()
 
     def make_batch(self, data: dict) -> Batch:
-        return get_batch(data["text"], data["loss_mask"], self.num_image_tokens, self.backend.device,
-                         self.backend.compute_dtype, self.roi2_id, self.args.max_position_embeddings)
+        return get_batch(
+            data["text"],
+            data["loss_mask"],
+            self.num_image_tokens,
+            self.backend.device,
+            self.backend.compute_dtype,
+            self.roi2_id,
+            self.args.max_position_embeddings,
+        )
 
     def train_step(self, data: dict):
         """(loss, img_loss, txt_loss, tokens, skipped) for one micro-batch."""
         batch = self.make_batch(data)
         with self.backend.autocast():
             out, tokens = forward_step(self.backend.model, batch, self.args.txt_loss_scale, self.args.is_sparse)
-        reduced = all_reduce_mean(torch.stack([out.loss.detach().float(), out.img_loss.float(),
-                                               out.txt_loss.float()]), self.dp_group)
+        reduced = all_reduce_mean(
+            torch.stack([out.loss.detach().float(), out.img_loss.float(), out.txt_loss.float()]), self.dp_group
+        )
         loss, img_loss, txt_loss = (float(x) for x in reduced.cpu())
         if not math.isfinite(img_loss + txt_loss) or not math.isfinite(loss):
             return loss, img_loss, txt_loss, tokens * self.dp_world, True
@@ -127,8 +136,17 @@ class Trainer:
             state.iteration += 1
             state.skipped_steps += int(skipped)
             state.losses.append(loss)
-            self.logger.step(state.iteration, lr, loss, img_loss, txt_loss, tokens, skipped,
-                             state.skipped_steps, self.backend.loss_scale)
+            self.logger.step(
+                state.iteration,
+                lr,
+                loss,
+                img_loss,
+                txt_loss,
+                tokens,
+                skipped,
+                state.skipped_steps,
+                self.backend.loss_scale,
+            )
             if args.save and args.save_interval and state.iteration % args.save_interval == 0:
                 self.save_fn(state.iteration, stream.position, state.skipped_steps)
                 last_saved = state.iteration

@@ -5,6 +5,7 @@ positions are those whose INPUT token is an image code (the original's rule: the
 prediction of the first code after [BOI1] counts as text); text positions are the
 others with loss_mask > 0, weighted by --txt-loss-scale.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,8 +27,10 @@ def finetune_position_ids(tokens: torch.Tensor, roi2_id: int, max_position_embed
     is_roi2 = tokens == roi2_id
     if not bool(is_roi2.any(dim=1).all()):
         row = int((~is_roi2.any(dim=1)).nonzero()[0])
-        raise ValueError(f"--finetune/--roi2-positions with a longer --max-position-embeddings-finetune needs a [ROI2] "
-                         f"token in every sample; batch row {row} has none")
+        raise ValueError(
+            f"--finetune/--roi2-positions with a longer --max-position-embeddings-finetune needs a [ROI2] "
+            f"token in every sample; batch row {row} has none"
+        )
     sep = is_roi2.int().argmax(dim=1, keepdim=True)
     positions = torch.arange(s, device=tokens.device).expand(b, s)
     positions = torch.where(positions >= sep, positions - sep, positions)
@@ -45,9 +48,15 @@ class Batch:
     txt_indices_bool: torch.Tensor
 
 
-def get_batch(text: torch.Tensor, raw_loss_mask: torch.Tensor, num_image_tokens: int,
-              device="cpu", mask_dtype=torch.float32, roi2_id: Optional[int] = None,
-              max_position_embeddings: Optional[int] = None) -> Batch:
+def get_batch(
+    text: torch.Tensor,
+    raw_loss_mask: torch.Tensor,
+    num_image_tokens: int,
+    device="cpu",
+    mask_dtype=torch.float32,
+    roi2_id: Optional[int] = None,
+    max_position_embeddings: Optional[int] = None,
+) -> Batch:
     """Shifted tokens/labels, causal mask and positions; ``roi2_id`` turns on finetune positions."""
     text = text.to(device=device, dtype=torch.long)
     raw_loss_mask = raw_loss_mask.to(device)
@@ -87,6 +96,12 @@ def compute_loss(logits: torch.Tensor, batch: Batch, txt_loss_scale: float = 1.0
 
 def forward_step(model, batch: Batch, txt_loss_scale: float, is_sparse: int = 0) -> Tuple[LossOutput, int]:
     """Run the model on a batch; returns the loss and the number of tokens seen."""
-    logits, *_ = model(batch.tokens, batch.position_ids, batch.attention_mask,
-                       batch.txt_indices_bool, batch.img_indices_bool, is_sparse)
+    logits, *_ = model(
+        batch.tokens,
+        batch.position_ids,
+        batch.attention_mask,
+        batch.txt_indices_bool,
+        batch.img_indices_bool,
+        is_sparse,
+    )
     return compute_loss(logits, batch, txt_loss_scale), batch.tokens.numel()

@@ -1,4 +1,5 @@
 """Tokenizer-facing API: build / load a VQ-VAE, images <-> codes."""
+
 from __future__ import annotations
 
 import math
@@ -12,10 +13,21 @@ from .image_io import denormalize
 from .vqvae_zc import VQVAE
 
 # Hyper-parameters of the released vqvae_hard_biggerset_011.pt.
-RELEASED_CONFIG: dict[str, Any] = dict(channel=512, n_res_block=0, n_res_channel=32,
-                                       embed_dim=256, n_embed=8192, stride=6, simple=True)
-CONSTRUCTOR_ARGS = ("in_channel", "channel", "n_res_block", "n_res_channel", "embed_dim",
-                    "n_embed", "stride", "simple", "decay", "legacy_inplace_relu")
+RELEASED_CONFIG: dict[str, Any] = dict(
+    channel=512, n_res_block=0, n_res_channel=32, embed_dim=256, n_embed=8192, stride=6, simple=True
+)
+CONSTRUCTOR_ARGS = (
+    "in_channel",
+    "channel",
+    "n_res_block",
+    "n_res_channel",
+    "embed_dim",
+    "n_embed",
+    "stride",
+    "simple",
+    "decay",
+    "legacy_inplace_relu",
+)
 TRACKER = "latest"
 
 
@@ -92,8 +104,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated / foreign files
-        raise ValueError(f"cannot load VQ-VAE from {path}: not a readable torch checkpoint "
-                         f"({type(exc).__name__}: {_one_line(exc)[:200]})") from None
+        raise ValueError(
+            f"cannot load VQ-VAE from {path}: not a readable torch checkpoint "
+            f"({type(exc).__name__}: {_one_line(exc)[:200]})"
+        ) from None
     config = None
     sd = obj
     if isinstance(obj, Mapping):
@@ -103,12 +117,14 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
                 break
         if isinstance(obj.get("config"), Mapping):
             config = dict(obj["config"])
-    if not isinstance(sd, Mapping) or not sd or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
-        raise ValueError(f"cannot load VQ-VAE from {path}: it does not hold a state dict "
-                         f"(got {type(obj).__name__})")
+    if (
+        not isinstance(sd, Mapping)
+        or not sd
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items())
+    ):
+        raise ValueError(f"cannot load VQ-VAE from {path}: it does not hold a state dict (got {type(obj).__name__})")
     if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return dict(sd), config, obj
 
 
@@ -128,10 +144,17 @@ def infer_config(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     if n_down not in (1, 2, 3) or order[-1][-1] != 1:
         raise ValueError(f"unrecognised VQ-VAE encoder layout (kernel shapes {[tuple(s) for s in order]})")
     channel = order[-1][1]
-    return dict(in_channel=order[0][1], channel=channel, n_res_block=len(res),
-                n_res_channel=next(iter(res.values()))[0] if res else 32,
-                embed_dim=embed_dim, n_embed=n_embed, stride={3: 6, 2: 4, 1: 2}[n_down],
-                simple=not (n_down == 3 and order[0][0] != channel), decay=0.99)
+    return dict(
+        in_channel=order[0][1],
+        channel=channel,
+        n_res_block=len(res),
+        n_res_channel=next(iter(res.values()))[0] if res else 32,
+        embed_dim=embed_dim,
+        n_embed=n_embed,
+        stride={3: 6, 2: 4, 1: 2}[n_down],
+        simple=not (n_down == 3 and order[0][0] != channel),
+        decay=0.99,
+    )
 
 
 def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], where: str) -> None:
@@ -139,19 +162,21 @@ def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], whe
     own = model.state_dict()
     for key, value in own.items():
         if key not in sd:
-            raise ValueError(f"cannot load VQ-VAE from {where}: missing key {key} (expected shape "
-                             f"{list(value.shape)}; {len(own)} keys expected, {len(sd)} found)")
+            raise ValueError(
+                f"cannot load VQ-VAE from {where}: missing key {key} (expected shape "
+                f"{list(value.shape)}; {len(own)} keys expected, {len(sd)} found)"
+            )
         if tuple(sd[key].shape) != tuple(value.shape):
-            raise ValueError(f"cannot load VQ-VAE from {where}: {key} has shape {list(sd[key].shape)} "
-                             f"in the file, the model expects {list(value.shape)}")
+            raise ValueError(
+                f"cannot load VQ-VAE from {where}: {key} has shape {list(sd[key].shape)} "
+                f"in the file, the model expects {list(value.shape)}"
+            )
     extra = [k for k in sd if k not in own]
     if extra:
-        raise ValueError(f"cannot load VQ-VAE from {where}: unexpected key {extra[0]} "
-                         f"({len(extra)} unexpected in all)")
+        raise ValueError(f"cannot load VQ-VAE from {where}: unexpected key {extra[0]} ({len(extra)} unexpected in all)")
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
-               **constructor_kwargs: Any) -> VQVAE:
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", **constructor_kwargs: Any) -> VQVAE:
     """Load a VQ-VAE checkpoint (original or vqvae.train) into a model in eval mode.
 
     Constructor arguments come from the file's stored 'config', else from the state dict's key

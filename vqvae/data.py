@@ -4,6 +4,7 @@ LMDB layout (the same key scheme as CogView's token LMDBs): key ``length`` holds
 images n as ASCII digits, keys ``"0"`` .. ``"n-1"`` (ASCII) hold the encoded bytes of one image
 file each (PNG, JPEG, WebP ...: anything Pillow opens). :func:`write_image_lmdb` writes one.
 """
+
 from __future__ import annotations
 
 import io
@@ -56,7 +57,7 @@ class _Images(Dataset):
             try:
                 return random_crop(self._open(k), self.img_size)
             except ValueError as exc:
-                warnings.warn(f"skipping image: {exc}")
+                warnings.warn(f"skipping image: {exc}", stacklevel=2)
         raise ValueError(f"{MAX_SKIPS} unreadable images in a row from index {index}")
 
 
@@ -98,7 +99,6 @@ class LmdbImageDataset(_Images):
     def _environment(self):
         """One read-only environment per (process, path): lmdb refuses to open a path twice in
         a process, and a forked worker must not reuse its parent's handle."""
-        import lmdb
 
         key = (os.getpid(), os.path.abspath(self.path))
         if key not in _ENVS:
@@ -109,8 +109,15 @@ class LmdbImageDataset(_Images):
         import lmdb
 
         try:
-            return lmdb.open(self.path, readonly=True, lock=False, readahead=False,
-                             meminit=False, max_readers=32, subdir=os.path.isdir(self.path))
+            return lmdb.open(
+                self.path,
+                readonly=True,
+                lock=False,
+                readahead=False,
+                meminit=False,
+                max_readers=32,
+                subdir=os.path.isdir(self.path),
+            )
         except lmdb.Error as exc:
             raise ValueError(f"{self.path}: cannot open as LMDB ({exc})") from None
 
@@ -182,7 +189,7 @@ class InfiniteSampler(Sampler[int]):
             g = torch.Generator().manual_seed(self.seed + epoch)
             perm = torch.randperm(self.n, generator=g).tolist()
             perm += perm[: self.per_rank * self.world - self.n]  # pad so ranks get equal shares
-            mine = perm[self.rank::self.world]
+            mine = perm[self.rank :: self.world]
             for index in mine[offset:]:
                 yield index
             position = (epoch + 1) * self.per_rank

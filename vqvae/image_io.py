@@ -4,6 +4,7 @@ Reading follows torchvision's Resize(size) (shorter side, bilinear) + CenterCrop
 Normalize on PIL images, which is what the original read_img did, but converts every mode to RGB
 first (the original failed on grey, palette and CMYK images).
 """
+
 from __future__ import annotations
 
 import math
@@ -125,15 +126,14 @@ def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: 
     for k in range(b):
         r, col = divmod(k, cols)
         top, left = r * (h + padding) + padding, col * (w + padding) + padding
-        grid[:, top:top + h, left:left + w] = images[k]
+        grid[:, top : top + h, left : left + w] = images[k]
     return grid
 
 
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
 
 
-def save_image(images: torch.Tensor, path: Union[str, os.PathLike], nrow: int = 8,
-               padding: int = 2) -> None:
+def save_image(images: torch.Tensor, path: Union[str, os.PathLike], nrow: int = 8, padding: int = 2) -> None:
     """Write [3,H,W] or [b,3,H,W] values in [0, 1] (e.g. code2img output; clamped) as one picture.
 
     Written atomically (common.fileio), so a reader never sees half an image.
@@ -141,8 +141,9 @@ def save_image(images: torch.Tensor, path: Union[str, os.PathLike], nrow: int = 
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext not in _FORMATS:
-        raise ValueError(f"cannot save {path}: unsupported extension {ext!r} "
-                         f"(use one of {', '.join(sorted(_FORMATS))})")
+        raise ValueError(
+            f"cannot save {path}: unsupported extension {ext!r} (use one of {', '.join(sorted(_FORMATS))})"
+        )
     grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=padding)
     arr = grid.clamp(0, 1).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
     img = Image.fromarray(arr.permute(1, 2, 0).numpy(), "RGB")

@@ -11,6 +11,7 @@ and only the decoder learns to draw them, e.g. sharper, without retraining the G
 Checkpoints: DIR/vqvae_<iter>.pt (+ DIR/latest naming the newest, written last), loadable with
 ``vqvae.load_model`` and ``torch.load(..., weights_only=True)``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,11 +37,11 @@ from vqvae.vqvae_zc import VQVAE
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train CogView's VQ-VAE image tokenizer.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description="Train CogView's VQ-VAE image tokenizer.", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     g = p.add_argument_group("data")
-    g.add_argument("--data", required=True,
-                   help="folder of images (recursive: jpg/jpeg/png/webp) or an image LMDB")
+    g.add_argument("--data", required=True, help="folder of images (recursive: jpg/jpeg/png/webp) or an image LMDB")
     g.add_argument("--img-size", type=int, default=256, help="training crop size (pixels)")
     g.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes")
     g = p.add_argument_group("model (defaults: the released new_model())")
@@ -49,47 +50,76 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-res-channel", type=int, default=32, help="ResBlock inner width")
     g.add_argument("--embed-dim", type=int, default=256, help="code vector size D")
     g.add_argument("--n-embed", type=int, default=8192, help="codebook size")
-    g.add_argument("--stride", type=int, default=6, choices=(6, 4, 2),
-                   help="mode: 6 = x8 downsampling, 4 = x4, 2 = x2")
-    g.add_argument("--simple", action=argparse.BooleanOptionalAction, default=True,
-                   help="mode-6 layout: constant width (simple) or widening C/4, C/2, C")
+    g.add_argument("--stride", type=int, default=6, choices=(6, 4, 2), help="mode: 6 = x8 downsampling, 4 = x4, 2 = x2")
+    g.add_argument(
+        "--simple",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="mode-6 layout: constant width (simple) or widening C/4, C/2, C",
+    )
     g.add_argument("--decay", type=float, default=0.99, help="codebook EMA decay")
-    g.add_argument("--legacy-inplace-relu", action="store_true",
-                   help="reproduce the original ResBlock skip (adds relu(input))")
+    g.add_argument(
+        "--legacy-inplace-relu", action="store_true", help="reproduce the original ResBlock skip (adds relu(input))"
+    )
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=32, help="per process")
     g.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate")
     g.add_argument("--iters", type=int, default=100000, help="total iterations")
-    g.add_argument("--latent-loss-weight", type=float, default=0.25,
-                   help="weight of the commitment term diff")
-    g.add_argument("--dead-code-threshold", type=float, default=0.01,
-                   help="restart codes whose EMA count is below this (0 disables)")
+    g.add_argument("--latent-loss-weight", type=float, default=0.25, help="weight of the commitment term diff")
+    g.add_argument(
+        "--dead-code-threshold",
+        type=float,
+        default=0.01,
+        help="restart codes whose EMA count is below this (0 disables)",
+    )
     g.add_argument("--seed", type=int, default=1234, help="seed (rank r uses seed + r)")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu, cuda or cuda:N (under torchrun 'cuda' means cuda:LOCAL_RANK)")
+    g.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda or cuda:N (under torchrun 'cuda' means cuda:LOCAL_RANK)",
+    )
     g = p.add_argument_group("logging and checkpoints")
     g.add_argument("--save", required=True, help="output directory")
-    g.add_argument("--save-interval", type=int, default=5000,
-                   help="checkpoint + reconstruction grid every N iterations (and at the end)")
-    g.add_argument("--log-interval", type=int, default=100,
-                   help="log loss, PSNR, code usage and perplexity every N iterations")
+    g.add_argument(
+        "--save-interval",
+        type=int,
+        default=5000,
+        help="checkpoint + reconstruction grid every N iterations (and at the end)",
+    )
+    g.add_argument(
+        "--log-interval", type=int, default=100, help="log loss, PSNR, code usage and perplexity every N iterations"
+    )
     g.add_argument("--keep-last", type=int, default=0, help="keep only the newest N checkpoints (0: all)")
     g.add_argument("--resume", action="store_true", help="continue from DIR/latest when it exists")
     g = p.add_argument_group("fine-tuning")
-    g.add_argument("--init", metavar="CKPT",
-                   help="start from these weights (a VQ-VAE release or training file; its config "
-                        "replaces the model flags) when there is nothing to resume")
-    g.add_argument("--decoder-only", action="store_true",
-                   help="train the decoder alone: encoder and codebook stay frozen, so every image "
-                        "keeps its codes and models trained on them stay valid (use with --init)")
+    g.add_argument(
+        "--init",
+        metavar="CKPT",
+        help="start from these weights (a VQ-VAE release or training file; its config "
+        "replaces the model flags) when there is nothing to resume",
+    )
+    g.add_argument(
+        "--decoder-only",
+        action="store_true",
+        help="train the decoder alone: encoder and codebook stay frozen, so every image "
+        "keeps its codes and models trained on them stay valid (use with --init)",
+    )
     return p
 
 
 def model_config(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(in_channel=3, channel=args.channel, n_res_block=args.n_res_block,
-                n_res_channel=args.n_res_channel, embed_dim=args.embed_dim, n_embed=args.n_embed,
-                stride=args.stride, simple=args.simple, decay=args.decay,
-                legacy_inplace_relu=args.legacy_inplace_relu)
+    return dict(
+        in_channel=3,
+        channel=args.channel,
+        n_res_block=args.n_res_block,
+        n_res_channel=args.n_res_channel,
+        embed_dim=args.embed_dim,
+        n_embed=args.n_embed,
+        stride=args.stride,
+        simple=args.simple,
+        decay=args.decay,
+        legacy_inplace_relu=args.legacy_inplace_relu,
+    )
 
 
 # ----------------------------------------------------------------------------- distributed / RNG
@@ -117,11 +147,20 @@ def rng_state() -> dict[str, Any]:
     """Every RNG as tensors / numbers, so the checkpoint loads with weights_only=True."""
     np_state = np.random.get_state()
     py_state = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                       "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-             "python": {"version": py_state[0], "state": torch.tensor(py_state[1], dtype=torch.int64),
-                        "gauss_next": py_state[2]}}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {
+            "version": py_state[0],
+            "state": torch.tensor(py_state[1], dtype=torch.int64),
+            "gauss_next": py_state[2],
+        },
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -130,8 +169,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -163,20 +203,29 @@ def read_latest(save_dir: str) -> int | None:
     return int(text)
 
 
-def save_checkpoint(save_dir: str, model: VQVAE, optimizer: torch.optim.Optimizer, iteration: int,
-                    args: argparse.Namespace) -> str:
+def save_checkpoint(
+    save_dir: str, model: VQVAE, optimizer: torch.optim.Optimizer, iteration: int, args: argparse.Namespace
+) -> str:
     """Write DIR/vqvae_<iteration>.pt, then DIR/latest (so latest never names a partial file)."""
     os.makedirs(save_dir, exist_ok=True)
-    state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-             "config": dict(model.config), "optimizer": optimizer.state_dict(),
-             "iteration": iteration, "rng": rng_state(), "args": vars(args)}
+    state = {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": dict(model.config),
+        "optimizer": optimizer.state_dict(),
+        "iteration": iteration,
+        "rng": rng_state(),
+        "args": vars(args),
+    }
     path = checkpoint_path(save_dir, iteration)
     torch_save_atomic(state, path)
     write_text_atomic(os.path.join(save_dir, TRACKER), str(iteration))
     if args.keep_last > 0:
-        done = sorted(int(f[6:-3]) for f in os.listdir(save_dir)
-                      if f.startswith("vqvae_") and f.endswith(".pt") and f[6:-3].isdigit())
-        for old in done[:-args.keep_last]:
+        done = sorted(
+            int(f[6:-3])
+            for f in os.listdir(save_dir)
+            if f.startswith("vqvae_") and f.endswith(".pt") and f[6:-3].isdigit()
+        )
+        for old in done[: -args.keep_last]:
             os.remove(checkpoint_path(save_dir, old))
     return path
 
@@ -238,8 +287,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         state = load_training_state(args.save, latest, device)
         saved_mode = bool(state.get("args", {}).get("decoder_only", False))
         if saved_mode != args.decoder_only:
-            raise ValueError(f"{checkpoint_path(args.save, latest)} was trained "
-                             f"{'with' if saved_mode else 'without'} --decoder-only; resume it the same way")
+            raise ValueError(
+                f"{checkpoint_path(args.save, latest)} was trained "
+                f"{'with' if saved_mode else 'without'} --decoder-only; resume it the same way"
+            )
         if state["config"] != model.config:
             if rank == 0:
                 print(f"resuming with the checkpoint's model config {state['config']}")
@@ -250,8 +301,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if rank == 0:
             print(f"starting from {args.init} (config {model.config})")
     if args.decoder_only and state is None and not args.init:
-        raise ValueError(f"--decoder-only trains the decoder of an existing VQ-VAE: nothing to resume "
-                         f"in {args.save}; pass --init CKPT")
+        raise ValueError(
+            f"--decoder-only trains the decoder of an existing VQ-VAE: nothing to resume "
+            f"in {args.save}; pass --init CKPT"
+        )
     optimizer = torch.optim.Adam(trainable_parameters(model, args.decoder_only), lr=args.lr)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -263,14 +316,20 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     dataset = make_dataset(args.data, args.img_size)
-    sampler = InfiniteSampler(len(dataset), seed=args.seed, start=iteration * args.batch_size,
-                              rank=rank, world=world)
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=args.num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=args.num_workers > 0)
+    sampler = InfiniteSampler(len(dataset), seed=args.seed, start=iteration * args.batch_size, rank=rank, world=world)
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=args.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=args.num_workers > 0,
+    )
     batches = iter(loader)  # draws its worker seed: restore the RNG only after this
     if state is not None:
         if world == 1:
@@ -284,8 +343,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     model.train()
     if args.decoder_only:  # frozen codebook: no EMA updates, no restarts
         model.quantize_t.eval()
-    bar = tqdm(total=args.iters, initial=iteration, disable=rank != 0, dynamic_ncols=True,
-               desc="vqvae")
+    bar = tqdm(total=args.iters, initial=iteration, disable=rank != 0, dynamic_ncols=True, desc="vqvae")
     start = time.time()
     while iteration < args.iters:
         x = next(batches).to(device, non_blocking=True)
@@ -306,16 +364,23 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             if world > 1:
                 dist.all_reduce(counts)
             used, perplexity = code_usage(counts)
-            row = {"iteration": iteration, "loss": loss.item(), "recon": recon.item(),
-                   "latent": latent.item(), "psnr": psnr(dec.detach(), x), "code_usage": used,
-                   "perplexity": perplexity, "restarted": restarted,
-                   "s_per_iter": (time.time() - start) / steps}
+            row = {
+                "iteration": iteration,
+                "loss": loss.item(),
+                "recon": recon.item(),
+                "latent": latent.item(),
+                "psnr": psnr(dec.detach(), x),
+                "code_usage": used,
+                "perplexity": perplexity,
+                "restarted": restarted,
+                "s_per_iter": (time.time() - start) / steps,
+            }
             history.append(row)
             if rank == 0:
-                bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr']:.2f}",
-                                usage=f"{used:.3f}", ppl=f"{perplexity:.1f}")
-                bar.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                   for k, v in row.items()))
+                bar.set_postfix(
+                    loss=f"{row['loss']:.4f}", psnr=f"{row['psnr']:.2f}", usage=f"{used:.3f}", ppl=f"{perplexity:.1f}"
+                )
+                bar.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
                 with open(os.path.join(args.save, "log.jsonl"), "a") as f:
                     f.write(json.dumps(row) + "\n")
             counts.zero_()

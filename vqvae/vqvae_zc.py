@@ -4,6 +4,7 @@ Module and buffer names (``enc_b.blocks.N``, ``quantize_t.embed`` ..., ``dec.blo
 original so its checkpoints load strictly. ``stride`` is the original's *mode number* (6, 4 or 2 =
 three, two or one stride-2 convolutions), not a factor; the decoder is built with ``stride - 2``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,8 +39,9 @@ class Quantize(nn.Module):
         self.register_buffer("cluster_size", torch.zeros(n_embed))
         self.register_buffer("embed_avg", embed.clone())
 
-    def forward(self, input: torch.Tensor, update_ema: bool | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input: torch.Tensor, update_ema: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """input [..., dim] -> (straight-through quantised [..., dim], diff (scalar), ids [...]).
 
         The codebook EMA is updated in training mode unless ``update_ema`` says otherwise.
@@ -47,8 +49,7 @@ class Quantize(nn.Module):
         flatten = input.reshape(-1, self.dim)
         # |e|^2 - 2 z.e in one fused [N, n_embed] buffer: |z|^2 is the same for every code of a
         # row, so the nearest code is unchanged and a large batch needs a third of the memory.
-        dist_map = torch.addmm(self.embed.pow(2).sum(0, keepdim=True), flatten.detach(), self.embed,
-                               alpha=-2)
+        dist_map = torch.addmm(self.embed.pow(2).sum(0, keepdim=True), flatten.detach(), self.embed, alpha=-2)
         embed_ind = dist_map.argmin(1)  # first index on ties, as the original's max(-dist)
         embed_ind = embed_ind.view(*input.shape[:-1])
         quantize = self.embed_code(embed_ind)
@@ -73,8 +74,9 @@ class Quantize(nn.Module):
         self.embed.copy_(self.embed_avg / cluster_size.unsqueeze(0))
 
     @torch.no_grad()
-    def restart_dead_codes(self, flatten: torch.Tensor, threshold: float,
-                           generator: torch.Generator | None = None) -> int:
+    def restart_dead_codes(
+        self, flatten: torch.Tensor, threshold: float, generator: torch.Generator | None = None
+    ) -> int:
         """Re-initialise codes whose EMA count fell below ``threshold`` from random rows of
         ``flatten`` [..., dim] (encoder outputs). Returns how many codes were restarted.
 
@@ -128,8 +130,17 @@ def _res_blocks(channel: int, n_res_block: int, n_res_channel: int, legacy: bool
 class Encoder(nn.Module):
     """Image [b, 3, H, W] -> latents [b, H/f, W/f, embed_dim] (channels last, as the quantiser wants)."""
 
-    def __init__(self, in_channel: int, channel: int, n_res_block: int, n_res_channel: int,
-                 stride: int, embed_dim: int, simple: bool, legacy_inplace_relu: bool = False):
+    def __init__(
+        self,
+        in_channel: int,
+        channel: int,
+        n_res_block: int,
+        n_res_channel: int,
+        stride: int,
+        embed_dim: int,
+        simple: bool,
+        legacy_inplace_relu: bool = False,
+    ):
         super().__init__()
         if stride == 6 and simple:
             widths = [channel, channel, channel]
@@ -163,24 +174,37 @@ class Decoder(nn.Module):
     could not reconstruct an image; here it ends with a 1x1 conv to ``out_channel``.
     """
 
-    def __init__(self, in_channel: int, out_channel: int, channel: int, n_res_block: int,
-                 n_res_channel: int, stride: int, simple: bool, legacy_inplace_relu: bool = False):
+    def __init__(
+        self,
+        in_channel: int,
+        out_channel: int,
+        channel: int,
+        n_res_block: int,
+        n_res_channel: int,
+        stride: int,
+        simple: bool,
+        legacy_inplace_relu: bool = False,
+    ):
         super().__init__()
         blocks: list[nn.Module] = [nn.ConvTranspose2d(in_channel, channel, 4, stride=2, padding=1)]
         blocks += _res_blocks(channel, n_res_block, n_res_channel, legacy_inplace_relu)
         blocks.append(nn.ReLU(inplace=True))
         if stride == 4 and simple:
-            blocks += [nn.ConvTranspose2d(channel, channel, 4, stride=2, padding=1),
-                       nn.ReLU(inplace=True),
-                       nn.ConvTranspose2d(channel, channel, 4, stride=2, padding=1),
-                       nn.ReLU(inplace=True),
-                       nn.Conv2d(channel, out_channel, 1)]
+            blocks += [
+                nn.ConvTranspose2d(channel, channel, 4, stride=2, padding=1),
+                nn.ReLU(inplace=True),
+                nn.ConvTranspose2d(channel, channel, 4, stride=2, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(channel, out_channel, 1),
+            ]
         elif stride == 4:
-            blocks += [nn.ConvTranspose2d(channel, channel, 4, stride=2, padding=1),
-                       nn.ReLU(inplace=True),
-                       nn.ConvTranspose2d(channel, channel // 2, 1),
-                       nn.ReLU(inplace=True),
-                       nn.ConvTranspose2d(channel // 2, out_channel, 4, stride=2, padding=1)]
+            blocks += [
+                nn.ConvTranspose2d(channel, channel, 4, stride=2, padding=1),
+                nn.ReLU(inplace=True),
+                nn.ConvTranspose2d(channel, channel // 2, 1),
+                nn.ReLU(inplace=True),
+                nn.ConvTranspose2d(channel // 2, out_channel, 4, stride=2, padding=1),
+            ]
         elif stride == 2:
             blocks.append(nn.ConvTranspose2d(channel, out_channel, 4, stride=2, padding=1))
         elif stride == 0:
@@ -199,25 +223,44 @@ class VQVAE(nn.Module):
     Images live in the normalised space of :func:`vqvae.normalize`.
     """
 
-    def __init__(self, in_channel: int = 3, channel: int = 128, n_res_block: int = 2,
-                 n_res_channel: int = 32, embed_dim: int = 64, n_embed: int = 512,
-                 stride: int = 4, simple: bool = True, decay: float = 0.99,
-                 legacy_inplace_relu: bool = False):
+    def __init__(
+        self,
+        in_channel: int = 3,
+        channel: int = 128,
+        n_res_block: int = 2,
+        n_res_channel: int = 32,
+        embed_dim: int = 64,
+        n_embed: int = 512,
+        stride: int = 4,
+        simple: bool = True,
+        decay: float = 0.99,
+        legacy_inplace_relu: bool = False,
+    ):
         super().__init__()
         if stride not in STRIDE_MODES:
             raise ValueError(f"stride mode must be one of {STRIDE_MODES}, got {stride}")
         if channel == 2048:  # as the original: the widest model has no residual blocks
             n_res_block = 0
-        self.config = dict(in_channel=in_channel, channel=channel, n_res_block=n_res_block,
-                           n_res_channel=n_res_channel, embed_dim=embed_dim, n_embed=n_embed,
-                           stride=stride, simple=bool(simple), decay=decay,
-                           legacy_inplace_relu=bool(legacy_inplace_relu))
+        self.config = dict(
+            in_channel=in_channel,
+            channel=channel,
+            n_res_block=n_res_block,
+            n_res_channel=n_res_channel,
+            embed_dim=embed_dim,
+            n_embed=n_embed,
+            stride=stride,
+            simple=bool(simple),
+            decay=decay,
+            legacy_inplace_relu=bool(legacy_inplace_relu),
+        )
         self.downsample = DOWNSAMPLE[stride]
-        self.enc_b = Encoder(in_channel, channel, n_res_block, n_res_channel, stride, embed_dim,
-                             simple, legacy_inplace_relu)
+        self.enc_b = Encoder(
+            in_channel, channel, n_res_block, n_res_channel, stride, embed_dim, simple, legacy_inplace_relu
+        )
         self.quantize_t = Quantize(embed_dim, n_embed, decay=decay)
-        self.dec = Decoder(embed_dim, in_channel, channel, n_res_block, n_res_channel, stride - 2,
-                           simple, legacy_inplace_relu)
+        self.dec = Decoder(
+            embed_dim, in_channel, channel, n_res_block, n_res_channel, stride - 2, simple, legacy_inplace_relu
+        )
 
     def forward(self, input: torch.Tensor, return_latents: bool = False):
         """-> (decoded, diff [1]); with ``return_latents`` also (encoder output [b,h,w,D], ids).
@@ -232,8 +275,9 @@ class VQVAE(nn.Module):
             return dec, diff.unsqueeze(0), latents, ids
         return dec, diff.unsqueeze(0)
 
-    def encode(self, input: torch.Tensor, update_ema: bool | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode(
+        self, input: torch.Tensor, update_ema: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (quant [b, D, h, w], diff [1], ids [b, h, w]); EMA as in Quantize.forward."""
         quant, diff, ids = self.quantize_t(self.enc_b(input), update_ema)
         return quant.permute(0, 3, 1, 2), diff.unsqueeze(0), ids

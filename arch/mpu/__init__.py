@@ -4,6 +4,8 @@ vocab-parallel cross entropy and an RNG-aware activation checkpoint.
 With no model-parallel group initialised every layer behaves as its plain torch
 counterpart, so one code path serves a single CPU process and many GPUs.
 """
+
+from .cross_entropy import vocab_parallel_cross_entropy
 from .initialize import (
     destroy_model_parallel,
     get_data_parallel_group,
@@ -16,14 +18,13 @@ from .initialize import (
     initialize_model_parallel,
     model_parallel_is_initialized,
 )
+from .layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 from .mappings import (
     copy_to_model_parallel_region,
     gather_from_model_parallel_region,
     reduce_from_model_parallel_region,
     scatter_to_model_parallel_region,
 )
-from .layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
-from .cross_entropy import vocab_parallel_cross_entropy
 from .random import checkpoint, get_rng_tracker, model_parallel_manual_seed
 from .utils import divide, split_tensor_along_last_dim, vocab_range_for_rank
 

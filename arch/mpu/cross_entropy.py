@@ -1,4 +1,5 @@
 """Cross entropy over vocab-split logits without gathering them."""
+
 from __future__ import annotations
 
 import torch

@@ -5,6 +5,7 @@ consecutive ranks {0..p-1}, {p..2p-1}, ...; data-parallel groups are the ranks
 with equal ``rank % p`` (as in the original mpu).  When nothing is initialised
 the model-parallel world is a single process.
 """
+
 from __future__ import annotations
 
 from typing import Optional

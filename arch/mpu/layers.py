@@ -4,6 +4,7 @@ Every rank draws the full ("master") weight with the same RNG state and keeps
 its slice, so a model's values do not depend on the model-parallel size.  The
 parameter names (``weight``, ``bias``) are those of the original checkpoints.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -38,8 +39,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     """
     parts = torch.get_num_threads()
     rows = x.numel() // max(1, x.size(-1))
-    if (x.device.type != "cpu" or parts < 2 or rows > SKINNY_ROWS or torch.is_grad_enabled()
-            or weight.size(0) % parts or not weight.is_contiguous()):
+    if (
+        x.device.type != "cpu"
+        or parts < 2
+        or rows > SKINNY_ROWS
+        or torch.is_grad_enabled()
+        or weight.size(0) % parts
+        or not weight.is_contiguous()
+    ):
         return F.linear(x, weight, bias)
     out_features, in_features = weight.shape
     blocks = weight.view(parts, out_features // parts, in_features)
@@ -67,9 +74,16 @@ class ColumnParallelLinear(nn.Module):
     each rank holds [Q_r; K_r; V_r]).
     """
 
-    def __init__(self, input_size: int, output_size: int, bias: bool = True,
-                 gather_output: bool = True, init_method: InitMethod = nn.init.xavier_normal_,
-                 stride: int = 1, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool = True,
+        gather_output: bool = True,
+        init_method: InitMethod = nn.init.xavier_normal_,
+        stride: int = 1,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         world = get_model_parallel_world_size()
         self.input_size, self.output_size = input_size, output_size
@@ -90,17 +104,23 @@ class ColumnParallelLinear(nn.Module):
 class RowParallelLinear(nn.Module):
     """Y = XA + b with A split along its input dimension; partial sums all-reduced."""
 
-    def __init__(self, input_size: int, output_size: int, bias: bool = True,
-                 input_is_parallel: bool = False, init_method: InitMethod = nn.init.xavier_normal_,
-                 stride: int = 1, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool = True,
+        input_is_parallel: bool = False,
+        init_method: InitMethod = nn.init.xavier_normal_,
+        stride: int = 1,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         world = get_model_parallel_world_size()
         self.input_size, self.output_size = input_size, output_size
         self.input_is_parallel = input_is_parallel
         self.input_size_per_partition = divide(input_size, world)
         master = _init_master((output_size, input_size), init_method, dtype)
-        self.weight = nn.Parameter(
-            strided_rows(master.t(), get_model_parallel_rank(), world, stride).t().contiguous())
+        self.weight = nn.Parameter(strided_rows(master.t(), get_model_parallel_rank(), world, stride).t().contiguous())
         if bias:
             self.bias = nn.Parameter(torch.zeros(output_size, dtype=dtype))
         else:
@@ -116,15 +136,19 @@ class RowParallelLinear(nn.Module):
 class VocabParallelEmbedding(nn.Module):
     """Embedding whose rows (vocabulary) are split; out-of-range ids give zeros."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int,
-                 init_method: InitMethod = nn.init.xavier_normal_,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        init_method: InitMethod = nn.init.xavier_normal_,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         world, rank = get_model_parallel_world_size(), get_model_parallel_rank()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.vocab_start_index, self.vocab_end_index = vocab_range_for_rank(num_embeddings, rank, world)
         master = _init_master((num_embeddings, embedding_dim), init_method, dtype)
-        self.weight = nn.Parameter(master[self.vocab_start_index:self.vocab_end_index].clone())
+        self.weight = nn.Parameter(master[self.vocab_start_index : self.vocab_end_index].clone())
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if get_model_parallel_world_size() == 1:
@@ -135,8 +159,12 @@ class VocabParallelEmbedding(nn.Module):
         return reduce_from_model_parallel_region(out)
 
 
-def parallel_lm_logits(hidden: torch.Tensor, word_embeddings_weight: torch.Tensor,
-                       parallel_output: bool, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+def parallel_lm_logits(
+    hidden: torch.Tensor,
+    word_embeddings_weight: torch.Tensor,
+    parallel_output: bool,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Logits against the (vocab-split) tied embedding; gathered unless ``parallel_output``."""
     logits = linear(copy_to_model_parallel_region(hidden), word_embeddings_weight, bias)
     return logits if parallel_output else gather_from_model_parallel_region(logits)

@@ -1,4 +1,5 @@
 """Autograd-aware communication between model-parallel ranks (identity for one rank)."""
+
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@ seed + 2718 + model-parallel rank) that ``fork()`` swaps in; the checkpoint
 function saves and restores the default CPU/CUDA states *and* the tracker
 state, so the recomputed forward draws the same dropout masks.
 """
+
 from __future__ import annotations
 
 import contextlib

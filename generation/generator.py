@@ -1,0 +1,318 @@
+"""The generation tasks over one loaded model: text2image, image2text, (low-level)
+super-resolution, post-selection and inpainting, one method each.
+
+``generate_samples.py`` feeds it query lines; the demo evaluation drives the same methods,
+so every caller samples through one code path.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .config import GenerationConfig
+from .magnify import magnify, pad_query_text, sr_middle_tokens, sr_window
+from .model_setup import load_generation_model
+from .outputs import first_sentence, save_debug_grid, save_samples, to_side
+from .post_selection import caption_given_image_score, image_given_text_score, inverse_prompt_score
+from .queries import Query, QueryError, check_command_tokens, check_positions, parse_region, region_mask, task_template
+from .sampling import Guidance, SamplingConfig, TokenLayout, count_to_generate, generate_in_chunks
+
+
+class Generator:
+    """Holds the model, tokenizer and settings; one method per task."""
+
+    def __init__(self, cfg: GenerationConfig, tokenizer, model):
+        self.cfg, self.tokenizer, self.model = cfg, tokenizer, model
+        self.device = torch.device(cfg.device)
+        self.layout = TokenLayout.from_tokenizer(tokenizer)
+        self.config = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p)
+        self.grid = tokenizer.code_grid_side(cfg.img_size, self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.max_positions = cfg.max_position_embeddings
+        # positions restart after [ROI2] unless the checkpoint was trained with them counting on
+        self.roi2_restart = cfg.roi2_position_restart
+        self.roi2_id = tokenizer["[ROI2]"] if self.roi2_restart else None  # for check_positions
+
+    # ---- helpers ------------------------------------------------------------------------
+    def parse(self, text: str, img_size: Optional[int] = None, check: bool = True) -> List[int]:
+        check_command_tokens(text, self.tokenizer.command_tokens)
+        ids = self.tokenizer.parse_query(text, img_size=img_size or self.cfg.img_size)
+        if check:
+            check_positions(ids, self.roi2_id, self.max_positions)
+        return ids
+
+    def guidance(self, ids: List[int], task: str) -> Optional[Guidance]:
+        """--guidance-scale (else the checkpoint's value for ``task``) for a text2image /
+        image2text query, None when off. The prior is the query with its condition cut
+        off, as the model saw such rows in training: an image-first row starts at
+        ``[size] [BOI1]``, a text-first row at ``[ROI1]``."""
+        scale, top_k = self.cfg.guidance(task)
+        if not scale or task not in ("text2image", "image2text"):
+            return None
+        if task == "text2image":
+            return Guidance(scale, start=ids.index(self.tokenizer["[BOI1]"]) - 1, top_k=top_k)  # the size token
+        return Guidance(scale, start=ids.index(self.tokenizer["[ROI1]"]), top_k=top_k)
+
+    def sample(
+        self,
+        ids: List[int],
+        batch_size: Optional[int] = None,
+        desc: str = "",
+        config: Optional[SamplingConfig] = None,
+        guidance: Optional[Guidance] = None,
+    ) -> torch.Tensor:
+        """``batch_size`` samples of ``ids`` (-1 = to generate); ``config`` overrides the flags'
+        temperature / top-k / top-p; ``guidance`` (from ``self.guidance``) steers them."""
+        n = batch_size or self.cfg.batch_size
+        bar = tqdm(
+            total=count_to_generate(ids) * n,
+            desc=desc or "tokens",
+            unit="tok",
+            leave=False,
+            mininterval=1.0,
+            file=sys.stderr,
+        )
+        try:
+            return generate_in_chunks(
+                self.model,
+                ids,
+                n,
+                self.cfg.max_inference_batch_size,
+                self.layout,
+                config=config or self.config,
+                device=self.device,
+                sampler=self.cfg.sampler,
+                generator=self.generator,
+                on_token=bar.update,
+                guidance=guidance,
+                roi2_restart=self.roi2_restart,
+            )
+        finally:
+            bar.close()
+
+    def last_image(self, seq: torch.Tensor) -> torch.Tensor:
+        _, images = self.tokenizer.DecodeIds(seq.tolist())
+        if not images:
+            raise QueryError("the sample holds no image to decode")
+        return images[-1].float().cpu()
+
+    def out_folder(self, query: Query) -> str:
+        return os.path.join(self.cfg.output_path, query.id if query.id else query.label)
+
+    def report(self, query: Query, count: int, seconds: float, where: str) -> None:
+        print(
+            f"line {query.line_number}: {count} image(s) in {seconds:.1f}s "
+            f"({seconds / max(1, count):.2f}s per image) -> {where}",
+            flush=True,
+        )
+
+    def save(self, query: Query, images: List[torch.Tensor], extra_first: List[torch.Tensor] = ()) -> str:
+        side = max(im.size(-1) for im in images)
+        if self.cfg.debug:
+            texts = [query.raw]
+            print("\n".join(texts))
+            return save_debug_grid(list(extra_first) + images, self.cfg.output_path, query.label, side)
+        folder = self.out_folder(query)
+        save_samples(images, folder, side)
+        return folder
+
+    # ---- tasks --------------------------------------------------------------------------
+    def text2image(self, query: Query) -> None:
+        ids = self.parse(task_template("text2image", self.grid).format(query.fields[0]))
+        start = time.time()
+        seqs = self.sample(ids, desc=f"line {query.line_number}", guidance=self.guidance(ids, "text2image"))
+        images = [self.last_image(s) for s in seqs]
+        where = self.save(query, images)
+        self.report(query, len(images), time.time() - start, where)
+
+    def image2text(self, query: Query) -> None:
+        ids = self.parse(task_template("image2text", self.grid).format(query.fields[0]))
+        start = time.time()
+        seqs = self.sample(ids, desc=f"line {query.line_number}", guidance=self.guidance(ids, "image2text"))
+        captions = self.captions(ids, seqs)
+        if self.cfg.caption_rerank:
+            ranked = self.rank_captions(ids, captions)
+            captions = [c for _, c in ranked]
+            weight = self.caption_rerank_weight()
+            how = "log p(image | caption)" + (f" + {weight:g} log p(caption | image)" if weight else "")
+            print(
+                f"line {query.line_number}: ranked by {how}: " + ", ".join(f"{score:.2f}" for score, _ in ranked),
+                flush=True,
+            )
+        for k, caption in enumerate(captions):
+            print(f"line {query.line_number} sample {k}: {caption}", flush=True)
+        print(f"line {query.line_number}: {len(seqs)} caption(s) in {time.time() - start:.1f}s", flush=True)
+
+    def captions(self, query_ids: List[int], seqs: torch.Tensor) -> List[str]:
+        """The caption of each sampled image2text sequence: the text after [ROI1] up to its
+        first sentence end."""
+        roi1 = query_ids.index(self.tokenizer["[ROI1]"])
+        captions = []
+        for seq in seqs:
+            texts, _ = self.tokenizer.DecodeIds(seq[roi1 + 1 :].tolist())
+            captions.append(first_sentence(" ".join(t for t in texts if not t.startswith("["))))
+        return captions
+
+    def rank_captions(self, query_ids: List[int], captions: List[str]) -> List[Tuple[float, str]]:
+        """(score, caption) pairs, best first: score = log p(image | caption) + w log p(caption |
+        image), w = --caption-rerank-weight (0: the first term alone). The image is the codes
+        of an image2text query; the first term scores the text->image row ``[ROI1] caption
+        [size] [BOI1] codes``, the second the query's own image->text row with the caption.
+
+        Why both (noisy-channel reranking): log p(image | caption) favours captions that name
+        what the image shows, but also odd ones the model finds unlikely a priori; the caption
+        likelihood keeps them fluent. Measured on the demo model in bench/RESULTS.md."""
+        t = self.tokenizer
+        boi, eoi = query_ids.index(t["[BOI1]"]), query_ids.index(t["[EOI1]"])
+        size, codes = query_ids[boi - 1], query_ids[boi + 1 : eoi]
+        texts = [t.EncodeAsIds(c) for c in captions]
+        image_rows = [[t["[ROI1]"], *ids, size, t["[BOI1]"], *codes] for ids in texts]
+        weight = self.caption_rerank_weight()
+        caption_rows = [query_ids[: eoi + 2] + ids for ids in texts] if weight else []  # ... [EOI1] [ROI1] caption
+        longest = max(len(r) for r in image_rows + caption_rows)
+        if longest > self.max_positions:
+            raise QueryError(
+                f"a caption is too long to rank: {longest} positions, the model has "
+                f"{self.max_positions}; pass --no-caption-rerank"
+            )
+        scores = image_given_text_score(self.model, image_rows, t["[BOI1]"], t.num_image_tokens)
+        if weight:
+            scores = scores + weight * caption_given_image_score(
+                self.model, caption_rows, t["[ROI1]"], t.num_image_tokens
+            )
+        return sorted(zip(scores.tolist(), captions), key=lambda pair: -pair[0])
+
+    def caption_rerank_weight(self) -> float:
+        """--caption-rerank-weight, else the checkpoint's model_config.json value, else 0."""
+        return self.cfg.caption_rerank_weight
+
+    def low_level_sequences(
+        self, text: str, path: str, batch_size: Optional[int] = None, desc: str = ""
+    ) -> torch.Tensor:
+        """Samples of low-level super-resolution: the image read at half img_size, then
+        regenerated at img_size (the decoded images are each row's first and last)."""
+        template = task_template("low-level super-resolution", self.grid)
+        ids = self.sr_text(self.parse(template.format(text, path), img_size=self.cfg.img_size // 2, check=False))
+        check_positions(ids, self.roi2_id, self.max_positions)
+        return self.sample(ids, batch_size=batch_size, desc=desc)
+
+    def sr_text(self, ids: List[int]) -> List[int]:
+        """A super-resolution query with its caption padded as the model was trained
+        (model_config.json's sr_text_length; unchanged for the original's models)."""
+        return pad_query_text(ids, self.tokenizer.command_tokens, self.cfg.sr_text_length)
+
+    def low_level_super_resolution(self, query: Query) -> None:
+        text, path = query.fields
+        start = time.time()
+        seqs = self.low_level_sequences(text, path, desc=f"line {query.line_number}")
+        images = [self.last_image(s) for s in seqs]
+        _, decoded = self.tokenizer.DecodeIds(seqs[0].tolist())
+        where = self.save(query, images, extra_first=[decoded[0].float().cpu()] if self.cfg.debug else [])
+        self.report(query, len(images), time.time() - start, where)
+
+    def super_resolution(self, query: Query) -> None:
+        text, path = query.fields
+        # the model never sees the whole low-res image, only magnify's window sequences
+        ids = self.sr_text(self.parse(task_template("super-resolution", self.grid).format(text, path), check=False))
+        boi = ids.index(self.tokenizer["[BOI1]"])
+        prefix, low = ids[: boi + 1], torch.tensor(ids[boi + 1 :])
+        window, stride = sr_window(self.grid)
+        one_window = (
+            prefix + [0] * window**2 + [self.tokenizer[t] for t in sr_middle_tokens(window)] + [-1] * (2 * window) ** 2
+        )
+        check_positions(one_window, self.roi2_id, self.max_positions)
+        start = time.time()
+        images = []
+        for _ in range(self.cfg.batch_size):
+            hi = magnify(
+                low,
+                prefix,
+                lambda seq: self.sample(seq, batch_size=1, desc="window"),
+                self.tokenizer.command_tokens,
+                window=window,
+                stride=stride,
+            )
+            images.append(self.tokenizer.img_tokenizer.DecodeIds(hi[0]).float().cpu())
+        side = images[0].size(-1)
+        extra = [to_side(self.tokenizer.img_tokenizer.DecodeIds(low).float().cpu(), side)] if self.cfg.debug else []
+        path_out = save_debug_grid(
+            extra + images, self.cfg.output_path if not query.id else self.out_folder(query), query.label, side
+        )
+        self.report(query, len(images), time.time() - start, path_out)
+
+    def post_selection(self, query: Query) -> None:
+        text, paths = query.fields[0], query.fields[1:]
+        template = task_template("post-selection", self.grid)
+        rows = [self.parse(template.format(p, text)) for p in paths]
+        if len({len(r) for r in rows}) != 1:
+            raise QueryError("the images gave code sequences of different lengths")
+        seq = torch.tensor(rows, device=self.device)
+        scores = []
+        for chunk in seq.split(self.cfg.max_inference_batch_size):
+            scores.extend(
+                inverse_prompt_score(
+                    self.model, chunk, self.tokenizer["[ROI1]"], self.tokenizer.num_image_tokens
+                ).tolist()
+            )
+        os.makedirs(self.cfg.output_path, exist_ok=True)
+        out = os.path.join(self.cfg.output_path, f"scores_rank_{self.cfg.rank}.txt")
+        with open(out, "a") as f:
+            f.write(query.raw + "\n" + "\t".join(f"{s:.6f}" for s in scores) + "\n")
+        print(f"line {query.line_number}: scores {' '.join(f'{s:.3f}' for s in scores)} -> {out}", flush=True)
+
+    def inpainting(self, query: Query) -> None:
+        text, path, region_text = query.fields
+        region = parse_region(region_text)
+        ids = self.parse(task_template("inpainting", self.grid).format(text, path))
+        boi = ids.index(self.tokenizer["[BOI1]"])
+        original_codes = ids[boi + 1 :]
+        codes = [-1 if hole else c for c, hole in zip(original_codes, region_mask(region, self.grid))]
+        ids = ids[: boi + 1] + codes
+        start = time.time()
+        seqs = self.sample(ids, desc=f"line {query.line_number}")
+        images = [self.last_image(s) for s in seqs]
+        extra = (
+            [self.tokenizer.img_tokenizer.DecodeIds(torch.tensor(original_codes)).float().cpu()]
+            if self.cfg.debug
+            else []
+        )
+        where = self.save(query, images, extra_first=extra)
+        self.report(query, len(images), time.time() - start, where)
+
+    def run(self, query: Query) -> None:
+        handler = {
+            "text2image": self.text2image,
+            "image2text": self.image2text,
+            "low-level super-resolution": self.low_level_super_resolution,
+            "super-resolution": self.super_resolution,
+            "post-selection": self.post_selection,
+            "inpainting": self.inpainting,
+        }[self.cfg.task]
+        handler(query)
+
+
+def setup(cfg: GenerationConfig):
+    """Seeds, tokenizer and model; raises CheckpointError/ValueError with one-line messages."""
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.input_source != "interactive" and not os.path.isfile(cfg.input_source):
+        raise ValueError(f"--input-source {cfg.input_source}: no such file (or use 'interactive')")
+    if cfg.task == "raw":
+        raise ValueError("--generation-task raw is the inpainting task here: use --generation-task inpainting")
+    if not cfg.img_tokenizer_path:
+        raise ValueError("generation needs --img-tokenizer-path (a VQ-VAE checkpoint) to read and write images")
+    from data_utils.unified_tokenizer import UnifiedTokenizer
+
+    tokenizer = UnifiedTokenizer(cfg.img_tokenizer_path, cfg.txt_tokenizer_path, device=cfg.device)
+    vocab = tokenizer.padded_vocab_size(cfg.make_vocab_size_divisible_by, 1)
+    model = load_generation_model(cfg, vocab)
+    return tokenizer, model
