@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class GPT2Config:
-    """The shape and training-time switches of a CogView GPT."""
+    """The shape and training-time switches of a CogView GPT; the defaults are the original's
+    (dropout 0.1, 1089 positions, no memories)."""
 
     num_layers: int
     """Transformer layers (--num-layers)."""
@@ -23,17 +24,17 @@ class GPT2Config:
     """Width of every hidden state (--hidden-size); the MLP is 4x wider."""
     num_attention_heads: int
     """Attention heads per layer (--num-attention-heads); must divide hidden_size."""
-    embedding_dropout_prob: float
+    embedding_dropout_prob: float = 0.1
     """Dropout on word + position embeddings (--hidden-dropout)."""
-    attention_dropout_prob: float
+    attention_dropout_prob: float = 0.1
     """Dropout on attention probabilities (--attention-dropout)."""
-    output_dropout_prob: float
+    output_dropout_prob: float = 0.1
     """Dropout after the attention and MLP output projections (--hidden-dropout)."""
-    max_sequence_length: int
+    max_sequence_length: int = 1089
     """Rows of the position table (--max-position-embeddings); also the training sample length."""
-    max_memory_length: int
+    max_memory_length: int = 0
     """Hidden states kept as memories for the original's incremental path (0 = none)."""
-    checkpoint_activations: bool
+    checkpoint_activations: bool = False
     """Recompute layer activations in the backward pass (saves memory; needed by sparse training)."""
     checkpoint_num_layers: int = 1
     """Layers per activation-checkpoint chunk."""
