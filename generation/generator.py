@@ -11,7 +11,7 @@ import os
 import random
 import sys
 import time
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -40,6 +40,8 @@ class Generator:
         # positions restart after [ROI2] unless the checkpoint was trained with them counting on
         self.roi2_restart = cfg.roi2_position_restart
         self.roi2_id = tokenizer["[ROI2]"] if self.roi2_restart else None  # for check_positions
+        # called with the rows sampled at each position, beside the terminal bar (the web page's bar)
+        self.on_token: Optional[Callable[[int], None]] = None
 
     # ---- helpers ------------------------------------------------------------------------
     def parse(self, text: str, img_size: Optional[int] = None, check: bool = True) -> List[int]:
@@ -80,6 +82,12 @@ class Generator:
             mininterval=1.0,
             file=sys.stderr,
         )
+
+        def tick(rows: int) -> None:
+            bar.update(rows)
+            if self.on_token is not None:
+                self.on_token(rows)
+
         try:
             return generate_in_chunks(
                 self.model,
@@ -91,7 +99,7 @@ class Generator:
                 device=self.device,
                 sampler=self.cfg.sampler,
                 generator=self.generator,
-                on_token=bar.update,
+                on_token=tick,
                 guidance=guidance,
                 roi2_restart=self.roi2_restart,
             )
