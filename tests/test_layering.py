@@ -19,7 +19,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # top-level name -> rank (higher may import lower)
-ENTRY_MODULES = ("generate_samples", "pretrain_gpt2", "preprocess_entry", "learning_rates")
+ENTRY_MODULES = ("generate_samples", "pretrain_gpt2", "preprocess_entry", "learning_rates", "web_demo")
 LAYERS: Dict[str, int] = {
     "common": 0,
     "arch": 1,
