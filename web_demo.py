@@ -23,6 +23,7 @@ import atexit
 import contextlib
 import copy
 import dataclasses
+import math
 import os
 import random
 import shutil
@@ -135,10 +136,9 @@ def load_models(args: argparse.Namespace) -> Models:
             "web_demo.py: error: no checkpoint: put the released CogView model (cogview-base) under "
             "pretrained/cogview/, train the demo models with ./scripts/train_demo.sh, or set CHECKPOINT_PATH."
         )
+    # image2text.sh's chain; a CHECKPOINT_PATH given for the text model serves captions too, as in the scripts
     caption_path = args.caption_checkpoint or (
-        os.path.join(PRETRAINED, "cogview-caption")
-        if os.path.exists(os.path.join(PRETRAINED, "cogview-caption"))
-        else text_path
+        text_path if args.checkpoint else resolve_checkpoint("cogview-caption", "cogview-demo", None) or text_path
     )
     sr_path = resolve_checkpoint("cogview-sr", "cogview-demo-sr", args.sr_checkpoint)
     device = device_args(args.device)
@@ -195,13 +195,24 @@ def save_png(image: np.ndarray, folder: str, name: str) -> str:
     return path
 
 
+def whole(value: Any, what: str) -> int:
+    """A number field as an int; ValueError (a message on the page) for text, NaN, infinity or
+    a fraction, which the API accepts where the page's own fields would not."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"the {what} must be a number, not {value!r}") from None
+    if not math.isfinite(number) or number != int(number) or abs(number) >= 2**63:
+        raise ValueError(f"the {what} must be a whole number below 2^63, not {value!r}")
+    return int(number)
+
+
 def resolve_seed(seed: Any) -> int:
     """The seed field: an integer >= 0; empty or negative picks a random one."""
-    if seed is None or seed == "" or float(seed) < 0:
+    if seed is None or seed == "":
         return random.randrange(2**31)
-    if float(seed) != int(float(seed)) or float(seed) >= 2**63:
-        raise ValueError(f"the seed must be a whole number below 2^63, not {seed}")
-    return int(float(seed))
+    value = whole(seed, "seed")
+    return value if value >= 0 else random.randrange(2**31)
 
 
 def progress_hook(progress: Any, what: str) -> Callable[[int, int], None]:
@@ -210,7 +221,7 @@ def progress_hook(progress: Any, what: str) -> Callable[[int, int], None]:
 
     def hook(done: int, total: int) -> None:
         now = time.monotonic()
-        if done >= total or now - last[0] >= 0.25:
+        if progress is not None and (done >= total or now - last[0] >= 0.25):
             last[0] = now
             progress((done, total), desc=f"sampling {what}", unit="tokens")
 
@@ -262,11 +273,11 @@ class Page:
             results = service.text2image(
                 gen,
                 prompt,
-                int(count),
+                whole(count, "number of samples"),
                 seed,
                 scorer=with_chunk(self.models.caption, gen.cfg.max_inference_batch_size),
                 temperature=float(temperature),
-                top_k=int(top_k),
+                top_k=whole(top_k, "top-k"),
                 on_progress=progress_hook(progress, "image tokens"),
                 most=self.max_images,
             )
@@ -294,7 +305,7 @@ class Page:
             result = service.image2text(
                 gen,
                 staged,
-                int(count),
+                whole(count, "number of samples"),
                 seed,
                 on_progress=progress_hook(progress, "caption tokens"),
                 most=self.max_images,
@@ -321,7 +332,6 @@ class Page:
             side = result.shape[0]
             baseline = service.bicubic(staged, gen.cfg.img_size, side)
             path = save_png(result, folder, f"super-resolution-{side}px.png")
-            save_png(baseline, folder, f"bicubic-{side}px.png")
             status = f"{gen.cfg.img_size} px -> {side} px: {timing(1, seconds)}, seed {seed}."
             return path, baseline, status, [path]
 
@@ -337,7 +347,7 @@ class Page:
                 gen,
                 text,
                 staged,
-                int(count),
+                whole(count, "number of samples"),
                 seed,
                 on_progress=progress_hook(progress, "image tokens"),
                 most=self.max_images,
@@ -364,7 +374,7 @@ class Page:
                 text,
                 staged,
                 box,
-                int(count),
+                whole(count, "number of samples"),
                 seed,
                 on_progress=progress_hook(progress, "image tokens"),
                 most=self.max_images,
@@ -434,6 +444,7 @@ def build(page: Page, queue_size: int, concurrency: int):
                     gr.Examples(read_lines("input.txt"), inputs=[prompt], label="Examples (input.txt)")
                 with gr.Column():
                     t2i_gallery = gr.Gallery(
+                        height="auto",
                         label="Best first (post-selection score)",
                         format="png",
                         elem_classes="pixelated",
@@ -488,6 +499,7 @@ def build(page: Page, queue_size: int, concurrency: int):
                 with gr.Column():
                     with gr.Row():
                         ll_out = gr.Gallery(
+                            height="auto",
                             label="Low-level super-resolution",
                             format="png",
                             elem_classes="pixelated",
@@ -495,7 +507,11 @@ def build(page: Page, queue_size: int, concurrency: int):
                             elem_id="ll-out",
                         )
                         ll_bicubic = gr.Image(
-                            label="Bicubic, same input", format="png", elem_classes="pixelated", elem_id="ll-bicubic"
+                            label="Bicubic, same input",
+                            format="png",
+                            elem_classes="pixelated",
+                            elem_id="ll-bicubic",
+                            height=300,
                         )
                     ll_status = gr.Markdown(elem_id="ll-status")
                     ll_files = gr.File(label="Download", file_count="multiple")
@@ -517,9 +533,16 @@ def build(page: Page, queue_size: int, concurrency: int):
                 with gr.Column():
                     with gr.Row():
                         ip_out = gr.Gallery(
-                            label="Inpainted", format="png", elem_classes="pixelated", columns=2, elem_id="ip-out"
+                            height="auto",
+                            label="Inpainted",
+                            format="png",
+                            elem_classes="pixelated",
+                            columns=2,
+                            elem_id="ip-out",
                         )
-                        ip_shown = gr.Image(label="Input as read, box outlined", format="png", elem_classes="pixelated")
+                        ip_shown = gr.Image(
+                            label="Input as read, box outlined", format="png", elem_classes="pixelated", height=300
+                        )
                     ip_status = gr.Markdown(elem_id="ip-status")
                     ip_files = gr.File(label="Download", file_count="multiple")
 
@@ -614,8 +637,9 @@ QUEUE_WORDS = r"""<script>
   }).observe(document.documentElement, { subtree: true, childList: true, characterData: true });
 })();
 </script>"""
-# small images (64 px from the demo model) shown large keep sharp pixels
-CSS = ".pixelated img { image-rendering: pixelated; }"
+# small images (64 px from the demo model) shown large keep sharp pixels; galleries fit their images
+CSS = """.pixelated img { image-rendering: pixelated; }
+.pixelated .grid-wrap { min-height: 160px !important; height: auto !important; max-height: none !important; }"""
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -627,7 +651,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument(
         "--caption-checkpoint",
         default=env.get("CAPTION_CHECKPOINT_PATH"),
-        help="image2text/post-selection model (default: pretrained/cogview/cogview-caption, else --checkpoint's)",
+        help="image2text/post-selection model (default: --checkpoint when given, else image2text.sh's chain)",
     )
     p.add_argument("--sr-checkpoint", default=env.get("SR_CHECKPOINT_PATH"), help="super-resolution model folder")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or N (default: GPU DEVICE when there is one)")
@@ -642,7 +666,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     p.add_argument("--max-images", type=int, default=16, help="most samples one request may ask for")
     p.add_argument(
-        "--threads", type=int, default=None, help="CPU threads per model call (default: torch's; 1 on a busy machine)"
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of the models (default on a CPU: every core but one, which serves the page)",
     )
     p.add_argument("--max-upload", default="10mb", help="largest upload accepted")
     args = p.parse_args(argv)
@@ -674,10 +701,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from generation.service import MAX_IMAGE_PIXELS
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow refuses a header beyond twice this, before decoding
-    if args.threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(args.threads)
+    on_cpu = args.device == "cpu" or (not args.device and not torch.cuda.is_available())
+    if args.threads or on_cpu:
+        # a model spinning on every core starves the server's own threads (and is slower for it)
+        torch.set_num_threads(args.threads or max(1, len(os.sched_getaffinity(0)) - 1))
     try:
         models = load_models(args)
     except (ValueError, OSError) as exc:

@@ -23,7 +23,7 @@ from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from vqvae.image_io import center_crop, open_image, resize_shorter
 
@@ -138,8 +138,8 @@ def for_request(
     request.generator = torch.Generator(device=gen.device).manual_seed(int(seed))
     changes = {k: v for k, v in (("temperature", temperature), ("top_k", top_k)) if v is not None}
     if changes:
-        if changes.get("temperature", 1.0) <= 0:
-            raise QueryError("the temperature must be positive")
+        if not 0 < changes.get("temperature", 1.0) < float("inf"):
+            raise QueryError("the temperature must be a positive number")
         if changes.get("top_k", 0) < 0:
             raise QueryError("top-k must be 0 (all tokens) or more")
         request.config = dataclasses.replace(gen.config, **changes)
@@ -281,14 +281,15 @@ def inpainting(
     return [to_uint8(request.last_image(s)) for s in seqs]
 
 
-def outline(image: Image.Image, box: Tuple[float, float, float, float]) -> np.ndarray:
-    """``image`` with the region (fractions of the side) outlined, to show what is redrawn."""
-    from PIL import ImageDraw
-
-    out = image.convert("RGB").copy()
+def outline(image: Image.Image, box: Tuple[float, float, float, float], side: int = 256) -> np.ndarray:
+    """``image`` enlarged (nearest) to at least ``side`` px with the region (fractions of the
+    side) outlined, to show what is redrawn."""
+    out = image.convert("RGB")
+    if out.width < side:
+        out = out.resize((side, side * out.height // out.width), Image.NEAREST)
     w, h = out.size
     x0, y0, x1, y1 = box
     ImageDraw.Draw(out).rectangle(
-        (x0 * w, y0 * h, min(x1 * w, w - 1), min(y1 * h, h - 1)), outline=(255, 0, 255), width=max(1, w // 64)
+        (x0 * w, y0 * h, min(x1 * w, w - 1), min(y1 * h, h - 1)), outline=(255, 0, 255), width=max(1, w // 128)
     )
     return np.asarray(out)
