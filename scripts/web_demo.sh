@@ -7,7 +7,7 @@
 # --concurrency, ...; python3 web_demo.py --help).
 set -euo pipefail
 main_dir=$(dirname "$(dirname "$(realpath "$0")")")
-if ! python3 -c "import gradio" 2>/dev/null; then
+if ! python3 -c "import importlib.util as u, sys; sys.exit(u.find_spec('gradio') is None)"; then
   echo "error: gradio is not installed: python3 -m pip install -r $main_dir/requirements-web.txt" >&2
   exit 1
 fi

@@ -40,7 +40,7 @@ from .conftest import ROOT
 
 DEMO = os.path.join(ROOT, "pretrained", "cogview", "cogview-demo")
 DEMO_SR = os.path.join(ROOT, "pretrained", "cogview", "cogview-demo-sr")
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("COGVIEW_CHROMIUM", "/usr/bin/chromium")  # Debian's; Playwright downloads none
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
