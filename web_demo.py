@@ -646,19 +646,29 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     env = os.environ
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--checkpoint", default=env.get("CHECKPOINT_PATH"), help="text2image/inpainting model folder")
+    p.add_argument("--port", type=int, default=7860, help="(default 7860)")
+    p.add_argument(
+        "--checkpoint",
+        default=env.get("CHECKPOINT_PATH"),
+        help="text2image/inpainting model: CHECKPOINT_PATH, else cogview-base, else cogview-demo",
+    )
     p.add_argument(
         "--caption-checkpoint",
         default=env.get("CAPTION_CHECKPOINT_PATH"),
         help="image2text/post-selection model (default: --checkpoint when given, else image2text.sh's chain)",
     )
-    p.add_argument("--sr-checkpoint", default=env.get("SR_CHECKPOINT_PATH"), help="super-resolution model folder")
+    p.add_argument(
+        "--sr-checkpoint",
+        default=env.get("SR_CHECKPOINT_PATH"),
+        help="super-resolution model: SR_CHECKPOINT_PATH, else cogview-sr, else cogview-demo-sr",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or N (default: GPU DEVICE when there is one)")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling (released DeepSpeed files)")
-    p.add_argument("--temperature", type=float, default=float(env.get("TEMP", "1.0")))
-    p.add_argument("--sr-temperature", type=float, default=float(env.get("TEMP", "1.02")))
-    p.add_argument("--top-k", type=int, default=int(env.get("TOPK", "200")))
+    p.add_argument("--temperature", type=float, default=float(env.get("TEMP", "1.0")), help="TEMP, else 1.0")
+    p.add_argument(
+        "--sr-temperature", type=float, default=float(env.get("TEMP", "1.02")), help="TEMP, else 1.02 (the SR scripts')"
+    )
+    p.add_argument("--top-k", type=int, default=int(env.get("TOPK", "200")), help="TOPK, else 200")
     p.add_argument("--queue-size", type=int, default=32, help="requests waiting at most; more are told 'busy'")
     p.add_argument("--concurrency", type=int, default=1, help="requests each model runs at once (raise on a GPU)")
     p.add_argument(
@@ -697,7 +707,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     root = temporary_root()
     print(f"web_demo.py: uploads and outputs under {root} (removed at exit)", file=sys.stderr, flush=True)
     os.environ["GRADIO_TEMP_DIR"] = os.path.join(root, "gradio")  # read when gradio is imported
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry, no version check: the page stays offline
     from generation.service import MAX_IMAGE_PIXELS
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow refuses a header beyond twice this, before decoding

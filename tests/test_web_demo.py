@@ -13,6 +13,7 @@ CJK fonts installed, e.g. apt-get install fonts-wqy-microhei, so the Chinese exa
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -170,11 +171,7 @@ def require(what: str, ok: bool) -> None:
 
 
 def importable(module: str) -> bool:
-    try:
-        __import__(module)
-        return True
-    except ImportError:
-        return False
+    return importlib.util.find_spec(module) is not None
 
 
 @dataclass
