@@ -18,6 +18,8 @@ import argparse
 import sys
 from typing import Iterator, List, Optional, Sequence, Tuple
 
+import torch
+
 from arch import CheckpointError
 from arguments import explicit_dests, get_args
 from generation.config import GenerationConfig
@@ -103,6 +105,14 @@ def load_config(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) 
     return GenerationConfig.from_args(args, explicit_dests(argv))
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's GPU and CPU allocators' failures (the CPU one is a plain RuntimeError)."""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc)
+    return "out of memory" in text or "can't allocate memory" in text
+
+
 def _error(message: object) -> None:
     print(f"generate_samples.py: error: {message}", file=sys.stderr, flush=True)
 
@@ -147,6 +157,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             except (QueryError, ValueError, KeyError, OSError, CheckpointError, OutputError) as exc:
                 message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
                 print(f"line {number}: {message}", file=sys.stderr, flush=True)
+                failures += 1
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                print(
+                    f"line {number}: out of memory on {cfg.device} sampling "
+                    f"{min(cfg.batch_size, cfg.max_inference_batch_size)} at once; lower "
+                    "--max-inference-batch-size",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 failures += 1
             done += 1
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ gave, so the library never imports the entry point's parser.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass
 from typing import AbstractSet, Any, Dict, FrozenSet, Optional, Tuple
@@ -153,6 +154,13 @@ class GenerationConfig:
         for key in ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{self.describe(key)} must be at least 1")
+        if not math.isfinite(self.temperature):
+            raise ValueError(f"--temperature {self.temperature} must be a finite number > 0")
+        numbers = {"--caption-rerank-weight": self.caption_rerank_weight}
+        numbers.update({f"--guidance-scale ({task})": value for task, value in self.guidance_scale.items()})
+        for name, value in numbers.items():
+            if not math.isfinite(value):
+                raise ValueError(f"{name} {value} must be a finite number")
         if self.hidden_size % self.num_attention_heads:
             divisors = [n for n in range(1, self.hidden_size + 1) if self.hidden_size % n == 0]
             nearest = min(divisors, key=lambda n: (abs(n - self.num_attention_heads), n))

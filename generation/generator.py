@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from arch import CheckpointError
 from arch.checkpoint import resolve_checkpoint_file
+from common.dtypes import DTYPES
 
 from .config import GenerationConfig
 from .magnify import magnify, pad_query_text, sr_middle_tokens, sr_window
@@ -352,7 +353,58 @@ def setup(cfg: GenerationConfig):
     vocab = tokenizer.padded_vocab_size(cfg.make_vocab_size_divisible_by, 1)
     model = load_generation_model(cfg, vocab)
     check_image_fits(cfg, grid)  # after the weights, so a broken checkpoint is named first
+    check_memory(cfg)
     return tokenizer, model
+
+
+SAMPLING_TASKS = ("text2image", "image2text", "low-level super-resolution", "inpainting")
+
+
+def free_memory_bytes(device: str) -> Optional[int]:
+    """Memory a new allocation can take on ``device`` (GPU: the driver's count; CPU: the
+    kernel's MemAvailable, capped by a cgroup limit); None when it cannot be told."""
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    free = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit.isdigit() and free is not None:
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def check_memory(cfg: GenerationConfig) -> None:
+    """The key/value cache of one sampler call (min(--batch-size, --max-inference-batch-size)
+    samples, twice with guidance) must fit the free memory: past it the kernel kills the run
+    without a word, or the GPU fails every line alike."""
+    if cfg.task not in SAMPLING_TASKS:
+        return
+    free = free_memory_bytes(cfg.device)
+    if not free or free <= 0:
+        return
+    rows = min(cfg.batch_size, cfg.max_inference_batch_size)
+    per_sample = cfg.num_layers * 2 * cfg.max_position_embeddings * cfg.hidden_size * DTYPES[cfg.dtype].itemsize
+    per_sample *= 2 if cfg.guidance(cfg.task)[0] else 1
+    if rows * per_sample > 0.8 * free:
+        fits = max(1, int(0.5 * free // per_sample))
+        raise ValueError(
+            f"--max-inference-batch-size {cfg.max_inference_batch_size} with --batch-size {cfg.batch_size}: "
+            f"{rows} samples at once need about {rows * per_sample / 2**30:.1f} GiB for the key/value cache, "
+            f"and {free / 2**30:.1f} GiB is free on {cfg.device}; lower --max-inference-batch-size "
+            f"(e.g. to {fits})"
+        )
 
 
 def check_input_source(source: str) -> None:

@@ -29,6 +29,8 @@ class OutputError(Exception):
 def check_output_folder(path: str, flag: str = "--output-path") -> None:
     """Create ``path`` and write and remove a probe file in it, so a file in the way, a
     read-only mount or a full disk stops the run before any sampling instead of after it."""
+    if not path:
+        raise OutputError(f"{flag} is empty; pass a folder (it is created if missing)")
     if os.path.exists(path) and not os.path.isdir(path):
         raise OutputError(f"{flag} {path}: is a file, not a folder; pass a folder (it is created if missing)")
     try:

@@ -679,3 +679,104 @@ def test_script_with_missing_input_file(tmp_path):
         env=dict(CHECKPOINT_PATH=DEMO, INPUT_SOURCE=str(tmp_path / "queries.txt"), OUTPUT_PATH=str(tmp_path / "o")),
     )
     one_error(result, "--input-source", "queries.txt", "no such file", code=1)
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--temperature", "nan"], "--temperature nan must be a finite number > 0"),
+        (["--temperature", "inf"], "--temperature inf must be a finite number > 0"),
+        (["--guidance-scale", "nan"], "--guidance-scale (text2image) nan must be a finite number"),
+    ],
+    ids=["temperature-nan", "temperature-inf", "guidance-nan"],
+)
+def test_numbers_that_are_not_finite(tmp_path, capsys, flags, needle):
+    result = gen(capsys, "--input-source", lines_file(tmp_path / "in.txt", "a red"), *flags)
+    one_error(result, needle, code=1)
+
+
+def test_batch_that_cannot_fit_in_memory_is_refused_before_sampling(tmp_path, capsys):
+    big = str(10**7)
+    source = lines_file(tmp_path / "in.txt", "a red circle")
+    result = gen(capsys, "--input-source", source, "--batch-size", big, "--max-inference-batch-size", big)
+    one_error(result, f"--max-inference-batch-size {big}", "GiB", "lower --max-inference-batch-size", code=1)
+
+
+def test_out_of_memory_fails_the_line_not_the_run(tmp_path, capsys, monkeypatch):
+    """A GPU running out of memory on one query (simulated: the sampler raises torch's error)."""
+    real = generation.generator.Generator.sample
+    calls = []
+
+    def sample(self, ids, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(self, ids, *args, **kwargs)
+
+    monkeypatch.setattr(generation.generator.Generator, "sample", sample)
+    source = lines_file(tmp_path / "in.txt", "a red circle", "a blue square")
+    result = gen(capsys, "--input-source", source, "--output-path", str(tmp_path / "o"))
+    one_error(result, "line 1: out of memory", "lower --max-inference-batch-size", code=1)
+    assert os.listdir(tmp_path / "o") == ["a_blue_square"]
+
+
+def test_empty_output_path(tmp_path, capsys, no_model):
+    result = gen(capsys, "--input-source", lines_file(tmp_path / "in.txt", "a red"), "--output-path", "")
+    one_error(result, "--output-path is empty", code=1)
+
+
+def test_rank_without_a_share_of_the_lines(tmp_path, capsys, no_model, monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    source = lines_file(tmp_path / "in.txt", "a red circle", "a blue square")
+    result = gen(capsys, "--input-source", source, "--output-path", str(tmp_path / "o"))
+    assert result.code == 0 and "holds no queries for rank 3 of 4" in result.err and "nothing to do" in result.err
+
+
+def test_ctrl_c_at_the_interactive_prompt(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, os.path.join(ROOT, "generate_samples.py"), "--load", DEMO, "--device", "cpu"]
+    cmd += ["--input-source", "interactive", "--output-path", str(tmp_path / "o"), "--batch-size", "1"]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        proc.stdin.write(b"a red circle\n")
+        proc.stdin.flush()
+        seen = b""
+        while seen.count(generate_samples.PROMPT.encode().strip()) < 2:  # the prompt after the first query
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            assert chunk, "the program ended before the second prompt"
+            seen += chunk
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    result = Result(proc.returncode, seen.decode() + stdout.decode(), stderr.decode())
+    one_error(result, "interrupted; 1 line(s) done", code=130)
+    assert os.listdir(tmp_path / "o") == ["a_red_circle"]
+
+
+def test_script_runs_the_good_lines_around_a_bad_one(tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"a red \xe9toile\t" + RED_STAR.encode() + b"\n\na red star\t" + RED_STAR.encode() + b"\n")
+    result = run(
+        ["scripts/low_level_super_resolution.sh"],
+        env=dict(INPUT_SOURCE=str(source), OUTPUT_PATH=str(tmp_path / "o"), BATCH_SIZE="1"),
+    )
+    one_error(result, "line 1: not valid UTF-8", "byte 0xe9", code=1)
+    assert os.listdir(tmp_path / "o") == ["a_red_star"]
+    assert "line 3: 1 image(s)" in result.out
+
+
+def test_script_reads_an_image_path_with_spaces(tmp_path):
+    (tmp_path / "my pictures").mkdir()
+    shutil.copy(RED_STAR, tmp_path / "my pictures" / "red star.png")
+    result = run(
+        ["scripts/image2text.sh", "--no-caption-rerank"],
+        env=dict(
+            INPUT_SOURCE=lines_file(tmp_path / "in.txt", str(tmp_path / "my pictures" / "red star.png")), BATCH_SIZE="1"
+        ),
+    )
+    assert result.code == 0 and "Traceback" not in result.text, result.err[-2000:]
+    assert "line 1 sample 0:" in result.out
