@@ -118,6 +118,8 @@ def _error(message: object) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run every query of --input-source. Exit code: 0 every line ran (or there was nothing to
+    do), 1 a line or the start-up failed, 2 a bad flag, 130 interrupted (Ctrl-C)."""
     args = get_args(argv, check_shape=False)  # the shape is checked once model_config.json is applied
     if args.model_parallel_size != 1:
         _error(

@@ -25,7 +25,7 @@ from common.dtypes import DTYPES
 from .config import GenerationConfig
 from .magnify import magnify, pad_query_text, sr_middle_tokens, sr_window
 from .model_setup import load_generation_model
-from .outputs import OutputError, first_sentence, save_debug_grid, save_samples, to_side, unique_folder
+from .outputs import OutputError, append_text, first_sentence, save_debug_grid, save_samples, to_side, unique_folder
 from .post_selection import caption_given_image_score, image_given_text_score, inverse_prompt_score
 from .queries import (
     SIZE_TOKENS,
@@ -284,8 +284,7 @@ class Generator:
             )
         os.makedirs(self.cfg.output_path, exist_ok=True)
         out = os.path.join(self.cfg.output_path, f"scores_rank_{self.cfg.rank}.txt")
-        with open(out, "a") as f:
-            f.write(query.raw + "\n" + "\t".join(f"{s:.6f}" for s in scores) + "\n")
+        append_text(out, query.raw + "\n" + "\t".join(f"{s:.6f}" for s in scores) + "\n")
         print(f"line {query.line_number}: scores {' '.join(f'{s:.3f}' for s in scores)} -> {out}", flush=True)
 
     def inpainting(self, query: Query) -> None:

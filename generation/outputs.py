@@ -116,6 +116,31 @@ def save_debug_grid(images: List[torch.Tensor], folder: str, label: str, side: i
     return path
 
 
+def append_text(path: str, text: str) -> None:
+    """Append ``text`` to ``path`` whole or not at all: a write cut short (a full disk) is
+    undone by truncating the file back, so the file never ends in half a record."""
+    data = text.encode("utf-8")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise OutputError(f"cannot open {path} to append ({_reason(exc)})") from None
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise OutputError(
+                f"cannot append to {path} ({_reason(exc)}); the file is as it was; "
+                "free some space or pass another --output-path"
+            ) from None
+    finally:
+        os.close(fd)
+
+
 def _save(image: torch.Tensor, path: str, kept: str = "") -> None:
     """save_image (atomic: the file is whole or absent) with a one-line OutputError."""
     try:

@@ -780,3 +780,31 @@ def test_script_reads_an_image_path_with_spaces(tmp_path):
     )
     assert result.code == 0 and "Traceback" not in result.text, result.err[-2000:]
     assert "line 1 sample 0:" in result.out
+
+
+def test_full_disk_never_leaves_half_a_score_record(tmp_path, capsys, monkeypatch):
+    """The scores file of earlier runs ends near a page boundary; the disk fills up after the
+    start-up check (while the first line is scored): appending fails whole, the file is as it was."""
+    real = generation.generator.inverse_prompt_score
+
+    def score_then_fill_the_disk(*args, **kwargs):
+        with open(os.path.join(disk, "junk"), "ab", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generation.generator, "inverse_prompt_score", score_then_fill_the_disk)
+    line = f"a red star\t{RED_STAR}"
+    source = lines_file(tmp_path / "in.txt", line, line)
+    with small_disk(12) as disk:
+        scores = os.path.join(disk, "scores_rank_0.txt")
+        with open(scores, "w") as f:
+            f.write(("an earlier record\t-1.0\n" * 200)[:4090])
+        before = tree_hashes(scores)
+        result = gen(capsys, "--generation-task", "post-selection", "--input-source", source, "--output-path", disk)
+        assert tree_hashes(scores) == before
+    assert_fails_cleanly(result, "line 1: cannot append to", "No space left on device", "the file is as it was", code=1)
+    assert_fails_cleanly(result, "line 2: cannot append to", code=1)
