@@ -458,8 +458,9 @@ def parse_device(value: Optional[str]) -> str:
     raise ValueError(f"--device {value}: expected cpu, cuda, cuda:N or an integer N")
 
 
-def _check_conflicts(args: argparse.Namespace) -> Optional[str]:
-    """Return a one-line message for contradictory flags, else None."""
+def _check_conflicts(args: argparse.Namespace, check_shape: bool = True) -> Optional[str]:
+    """Return a one-line message for contradictory flags, else None (``check_shape`` False:
+    the caller checks the model shape after applying a checkpoint's model_config.json)."""
     if args.fp16 and args.bf16:
         return "--fp16 and --bf16 are mutually exclusive: choose one precision"
     if args.with_id and args.debug:
@@ -478,7 +479,7 @@ def _check_conflicts(args: argparse.Namespace) -> Optional[str]:
                 f"--query-window ({args.max_position_embeddings} - 1 vs "
                 f"{args.query_window})"
             )
-    if args.hidden_size % args.num_attention_heads != 0:
+    if check_shape and args.hidden_size % args.num_attention_heads != 0:
         return f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads {args.num_attention_heads}"
     if args.batch_size < 1 or args.max_inference_batch_size < 1:
         return "--batch-size and --max-inference-batch-size must be at least 1"
@@ -517,11 +518,12 @@ def _apply_deepspeed_config(args: argparse.Namespace) -> None:
         args.weight_decay = params["weight_decay"]
 
 
-def get_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    """Parse and post-process the command line the way the original get_args does."""
+def get_args(argv: Optional[List[str]] = None, check_shape: bool = True) -> argparse.Namespace:
+    """Parse and post-process the command line the way the original get_args does
+    (``check_shape`` False: see _check_conflicts)."""
     parser = get_parser()
     args = parser.parse_args(argv)
-    message = _check_conflicts(args)
+    message = _check_conflicts(args, check_shape)
     if message:
         parser.error(message)
     try:
