@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from typing import List, Optional
 
@@ -170,10 +171,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("preprocess_entry.py: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except (OSError, lmdb.Error) as exc:  # a disk that fills or fails mid-run: committed rows stay
-        detail = " ".join(str(exc).split())
         print(
-            f"preprocess_entry.py: error: writing {args.output} failed ({detail}); the rows committed so far "
-            "are kept: fix the cause (e.g. free space) and rerun the same command to resume",
+            f"preprocess_entry.py: error: writing {args.output} failed ({write_failure(args.output, exc)}); "
+            "the rows committed so far are kept: fix the cause and rerun the same command to resume",
             file=sys.stderr,
         )
         return 1
@@ -182,6 +182,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"preprocess_entry.py: error: {no_rows_reason(summary)}", file=sys.stderr)
         return 1
     return 0
+
+
+def write_failure(output: str, exc: BaseException) -> str:
+    """What went wrong writing ``output``, in a few words. LMDB reports a full disk at commit
+    time as an I/O error, so the free space of the disk decides."""
+    detail = " ".join(str(exc).split())
+    folder = os.path.dirname(os.path.abspath(output))
+    try:
+        full = shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        full = False
+    return f"no space left on the disk of {folder}: {detail}" if full else detail
 
 
 def no_rows_reason(s: RunSummary) -> str:

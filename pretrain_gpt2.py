@@ -26,7 +26,7 @@ from training.checkpointing import (
     load_training_checkpoint,
     save_training_checkpoint,
 )
-from training.distributed import first_message, init_distributed, set_random_seed, setup_device
+from training.distributed import any_rank, first_message, init_distributed, set_random_seed, setup_device
 from training.logging import TrainLogger
 from training.loop import BatchStream, Trainer, TrainingStopped, TrainState
 from training.model import get_model, init_position_table
@@ -39,7 +39,7 @@ from training.preflight import (
     remove_interrupted_saves,
     save_location_error,
 )
-from training.signals import StopOnSignal
+from training.signals import StopOnSignal, signal_name
 
 __all__ = ["get_model", "init_position_table", "run", "main"]
 
@@ -182,6 +182,14 @@ def _train(args, device, save_root: Optional[str]) -> TrainResult:
             finished = True
             if args.do_train:
                 finished = trainer.train(BatchStream(train_loader, position), state, valid_loader)
+        signum = any_rank([stop.signum], device)[0]  # after the last step: every rank skips the evaluation
+        if signum:
+            kept = f"the checkpoint of iteration {state.iteration} is in {args.save}" if args.save else "no --save"
+            raise TrainingStopped(
+                f"pretrain_gpt2.py: stopped by {signal_name(signum)} after the last iteration "
+                f"{state.iteration}, before the final evaluation: {kept}",
+                128 + signum,
+            )
         if finished:
             if valid_loader is not None:
                 logger.validation(state.iteration, trainer.evaluate(valid_loader, args.eval_iters))

@@ -18,6 +18,7 @@ import subprocess
 import sys
 
 import lmdb
+import numpy as np
 import pytest
 import torch
 
@@ -406,6 +407,40 @@ def test_preprocessing_into_a_read_only_folder_is_refused(setup, vqvae, tmp_path
     captured = capsys.readouterr()
     fails_in_one_line(Result(code, captured.out, captured.err), "--output", "Read-only file system")
     assert os.listdir(folder) == []
+
+
+def test_disk_filling_during_preprocessing_keeps_the_committed_rows(setup, vqvae, tmp_path, capsys):
+    from PIL import Image
+
+    from data_utils.datasets import LMDBDataset
+    from data_utils.lmdb_readers import close_reader
+    from preprocess_entry import main
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(60):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
+        lines.append(f"img{i}.png\ta red bird number {i}")
+    (tmp_path / "images.tsv").write_text("\n".join(lines) + "\n")
+    with small_disk(48) as folder:
+        output = os.path.join(folder, "out.lmdb")
+        argv = [
+            *("--captions", str(tmp_path / "images.tsv"), "--img-tokenizer-path", vqvae),
+            *("--txt-tokenizer-path", setup["sp"], "--output", output, "--img-size", "64"),
+            *("--num-workers", "0", "--no-progress", "--commit-every", "5", "--batch-size", "5"),
+        ]
+        code = main(argv)
+        captured = capsys.readouterr()
+        fails_in_one_line(
+            Result(code, captured.out, captured.err), f"writing {output} failed (no space left", "rows committed"
+        )
+        kept = len(LMDBDataset(output))
+        close_reader(output)
+        assert 0 < kept < 60
+        subprocess.run(["mount", "-o", "remount,size=2m", folder], check=True)
+        assert main(argv) == 0  # the same command resumes once there is room
+        assert len(LMDBDataset(output)) == 60
+        close_reader(output)
 
 
 # ------------------------------------------------------------------ 5. DeepSpeed json files
