@@ -119,6 +119,8 @@ def run(argv: Optional[List[str]] = None) -> TrainResult:
     check_training_args(args)
     if args.is_sparse == 2:
         raise ValueError("--is-sparse 2 is sparse inference; train with 0 (dense) or 1 (sparse)")
+    if args.load and not os.path.isdir(args.load):  # before the run folder, which may be the --load folder
+        raise CheckpointError(f"--load {args.load}: no such checkpoint folder")
     device = setup_device(args)
     init_distributed(args, device)
     save_root = args.save

@@ -612,6 +612,17 @@ def test_load_of_the_save_root_names_its_run_folders(setup, tmp_path, capsys):
     assert tree_hashes(str(save)) == before
 
 
+def test_load_of_a_folder_that_does_not_exist_creates_nothing(setup, tmp_path, capsys):
+    save = tmp_path / "ckpt"
+    assert train(flags(setup, save, tmp_path, **{"--train-iters": 2}), capsys).code == 0
+    (run_dir,) = run_dirs(save)
+    before = tree_hashes(str(save))
+    typo = run_dir + "x"  # a --load inside --save: its run folder would be the --load folder
+    result = train(flags(setup, save, tmp_path, **{"--load": typo}), capsys)
+    fails_in_one_line(result, f"--load {typo}: no such checkpoint folder")
+    assert tree_hashes(str(save)) == before and run_dirs(save) == [run_dir]
+
+
 def test_load_of_a_folder_with_other_files_is_refused(setup, tmp_path, capsys):
     folder = tmp_path / "weights"
     folder.mkdir()

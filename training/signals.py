@@ -45,7 +45,7 @@ class StopOnSignal:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
-        if self.signum:  # the second signal: stop now, as without this handler
+        if self.signum:  # the second signal: stop at once, as without this handler
             self.__exit__()
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
