@@ -163,7 +163,8 @@ class RowProcessor:
         elif self.dataset_type == "TextCodeDataset":
             if not (isinstance(row, (tuple, list)) and len(row) == 2):
                 raise ValueError(
-                    f"{self.source}: a TextCodeDataset row must be (text, codes), got {type(row).__name__}"
+                    f"{self.source}: a TextCodeDataset row must be (text, codes), got {type(row).__name__} "
+                    "(is --dataset-type the file's?)"
                 )
             ids = TextCodeTemplate(row[0], np.asarray(row[1]).reshape(-1), tokenizer=self.tokenizer)
         else:  # CompactBinaryDataset: 64 text ids (-1 padded), then 1024 codes

@@ -280,6 +280,13 @@ def test_garbage_row_in_the_start_up_sample_is_refused(setup, tmp_path, capsys):
     no_step_ran(result)
 
 
+def test_data_of_another_dataset_type_is_refused(setup, tmp_path, capsys):
+    argv = flags(setup, tmp_path / "ckpt", tmp_path, **{"--dataset-type": "TextCodeDataset"})
+    result = train(argv, capsys)
+    fails_in_one_line(result, f"{setup['lmdb']} row 0: cannot be read", "is --dataset-type the file's?")
+    no_step_ran(result)
+
+
 def test_folder_that_is_not_an_lmdb_is_refused(setup, tmp_path, capsys):
     path = tmp_path / "broken.lmdb"
     path.mkdir()
