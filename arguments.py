@@ -494,6 +494,28 @@ def _check_conflicts(args: argparse.Namespace, check_shape: bool = True) -> Opti
     return None
 
 
+def _check_deepspeed_config(config: object, path: str) -> None:
+    """ValueError naming the key of a DeepSpeed json whose value has the wrong type."""
+    if not isinstance(config, dict):
+        raise ValueError(f"--deepspeed_config {path}: expected a JSON object ({{...}}), got a {type(config).__name__}")
+    for key in ("optimizer", "fp16", "bf16", "zero_optimization", "scheduler"):
+        if key in config and not isinstance(config[key], dict):
+            raise ValueError(f"--deepspeed_config {path}: {key!r} must be an object, got {config[key]!r}")
+    params = config.get("optimizer", {}).get("params", {})
+    if not isinstance(params, dict):
+        raise ValueError(f"--deepspeed_config {path}: 'optimizer.params' must be an object, got {params!r}")
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size"):
+        value = config.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"--deepspeed_config {path}: {key!r} must be an integer >= 1, got {value!r}")
+    for key in ("lr", "weight_decay"):
+        value = params.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(
+                f"--deepspeed_config {path}: 'optimizer.params.{key}' must be a number >= 0, got {value!r}"
+            )
+
+
 def _apply_deepspeed_config(args: argparse.Namespace) -> None:
     """Copy batch size, accumulation, lr and weight decay from the DeepSpeed json."""
     if args.deepscale and not args.deepspeed:
@@ -506,8 +528,9 @@ def _apply_deepspeed_config(args: argparse.Namespace) -> None:
     try:
         with open(args.deepspeed_config) as f:
             config = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"--deepspeed_config {args.deepspeed_config}: cannot read it as json ({exc})") from None
+    _check_deepspeed_config(config, args.deepspeed_config)
     if "train_micro_batch_size_per_gpu" in config:
         args.batch_size = config["train_micro_batch_size_per_gpu"]
     args.gradient_accumulation_steps = config.get("gradient_accumulation_steps")
