@@ -479,6 +479,10 @@ def _check_conflicts(args: argparse.Namespace, check_shape: bool = True) -> Opti
                 f"--query-window ({args.max_position_embeddings} - 1 vs "
                 f"{args.query_window})"
             )
+    if check_shape:
+        for flag in ("num_layers", "hidden_size", "num_attention_heads"):
+            if getattr(args, flag) < 1:  # the three shape flags, always declared
+                return f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}"
     if check_shape and args.hidden_size % args.num_attention_heads != 0:
         return f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads {args.num_attention_heads}"
     if args.batch_size < 1 or args.max_inference_batch_size < 1:

@@ -591,8 +591,19 @@ def test_script_reports_a_read_only_save_in_one_line(setup, tmp_path):
         ({"--warmup": 1.5}, ("--warmup", "within [0, 1]"), 1),
         ({"--split": "1,,2"}, ("--split", "expected numbers"), 1),
         ({"--split": "7,2,1,5"}, ("--split", "at most three proportions"), 1),
+        ({"--num-attention-heads": 0}, ("--num-attention-heads must be at least 1", "0"), 2),
     ],
-    ids=["train-iters-negative", "train-iters-0", "save-interval-0", "batch-0", "lr", "warmup", "split", "split-4"],
+    ids=[
+        "train-iters-negative",
+        "train-iters-0",
+        "save-interval-0",
+        "batch-0",
+        "lr",
+        "warmup",
+        "split",
+        "split-4",
+        "heads-0",
+    ],
 )
 def test_meaningless_flag_is_refused(setup, tmp_path, capsys, override, needles, code):
     save = tmp_path / "ckpt"
