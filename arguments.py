@@ -458,8 +458,9 @@ def parse_device(value: Optional[str]) -> str:
     raise ValueError(f"--device {value}: expected cpu, cuda, cuda:N or an integer N")
 
 
-def _check_conflicts(args: argparse.Namespace) -> Optional[str]:
-    """Return a one-line message for contradictory flags, else None."""
+def _check_conflicts(args: argparse.Namespace, check_shape: bool = True) -> Optional[str]:
+    """Return a one-line message for contradictory flags, else None (``check_shape`` False:
+    the caller checks the model shape after applying a checkpoint's model_config.json)."""
     if args.fp16 and args.bf16:
         return "--fp16 and --bf16 are mutually exclusive: choose one precision"
     if args.with_id and args.debug:
@@ -478,7 +479,11 @@ def _check_conflicts(args: argparse.Namespace) -> Optional[str]:
                 f"--query-window ({args.max_position_embeddings} - 1 vs "
                 f"{args.query_window})"
             )
-    if args.hidden_size % args.num_attention_heads != 0:
+    if check_shape:
+        for flag in ("num_layers", "hidden_size", "num_attention_heads"):
+            if getattr(args, flag) < 1:  # the three shape flags, always declared
+                return f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}"
+    if check_shape and args.hidden_size % args.num_attention_heads != 0:
         return f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads {args.num_attention_heads}"
     if args.batch_size < 1 or args.max_inference_batch_size < 1:
         return "--batch-size and --max-inference-batch-size must be at least 1"
@@ -493,6 +498,28 @@ def _check_conflicts(args: argparse.Namespace) -> Optional[str]:
     return None
 
 
+def _check_deepspeed_config(config: object, path: str) -> None:
+    """ValueError naming the key of a DeepSpeed json whose value has the wrong type."""
+    if not isinstance(config, dict):
+        raise ValueError(f"--deepspeed_config {path}: expected a JSON object ({{...}}), got a {type(config).__name__}")
+    for key in ("optimizer", "fp16", "bf16", "zero_optimization", "scheduler"):
+        if key in config and not isinstance(config[key], dict):
+            raise ValueError(f"--deepspeed_config {path}: {key!r} must be an object, got {config[key]!r}")
+    params = config.get("optimizer", {}).get("params", {})
+    if not isinstance(params, dict):
+        raise ValueError(f"--deepspeed_config {path}: 'optimizer.params' must be an object, got {params!r}")
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size"):
+        value = config.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"--deepspeed_config {path}: {key!r} must be an integer >= 1, got {value!r}")
+    for key in ("lr", "weight_decay"):
+        value = params.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(
+                f"--deepspeed_config {path}: 'optimizer.params.{key}' must be a number >= 0, got {value!r}"
+            )
+
+
 def _apply_deepspeed_config(args: argparse.Namespace) -> None:
     """Copy batch size, accumulation, lr and weight decay from the DeepSpeed json."""
     if args.deepscale and not args.deepspeed:
@@ -505,8 +532,9 @@ def _apply_deepspeed_config(args: argparse.Namespace) -> None:
     try:
         with open(args.deepspeed_config) as f:
             config = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"--deepspeed_config {args.deepspeed_config}: cannot read it as json ({exc})") from None
+    _check_deepspeed_config(config, args.deepspeed_config)
     if "train_micro_batch_size_per_gpu" in config:
         args.batch_size = config["train_micro_batch_size_per_gpu"]
     args.gradient_accumulation_steps = config.get("gradient_accumulation_steps")
@@ -517,11 +545,12 @@ def _apply_deepspeed_config(args: argparse.Namespace) -> None:
         args.weight_decay = params["weight_decay"]
 
 
-def get_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    """Parse and post-process the command line the way the original get_args does."""
+def get_args(argv: Optional[List[str]] = None, check_shape: bool = True) -> argparse.Namespace:
+    """Parse and post-process the command line the way the original get_args does
+    (``check_shape`` False: see _check_conflicts)."""
     parser = get_parser()
     args = parser.parse_args(argv)
-    message = _check_conflicts(args)
+    message = _check_conflicts(args, check_shape)
     if message:
         parser.error(message)
     try:

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from typing import List, Optional
+
+import lmdb
 
 from preprocess.pipeline import OUTPUT_FORMATS, TASKS, PreprocessConfig, RunSummary, SetupError, run
 from preprocess.records import FORMATS
@@ -167,8 +170,39 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("preprocess_entry.py: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except (OSError, lmdb.Error) as exc:  # a disk that fills or fails mid-run: committed rows stay
+        print(
+            f"preprocess_entry.py: error: writing {args.output} failed ({write_failure(args.output, exc)}); "
+            "the rows committed so far are kept: fix the cause and rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 1
     print(describe(summary))
+    if summary.total_rows == 0:
+        print(f"preprocess_entry.py: error: {no_rows_reason(summary)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def write_failure(output: str, exc: BaseException) -> str:
+    """What went wrong writing ``output``, in a few words. LMDB reports a full disk at commit
+    time as an I/O error, so the free space of the disk decides."""
+    detail = " ".join(str(exc).split())
+    folder = os.path.dirname(os.path.abspath(output))
+    try:
+        full = shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        full = False
+    return f"no space left on the disk of {folder}: {detail}" if full else detail
+
+
+def no_rows_reason(s: RunSummary) -> str:
+    """Why a run left a dataset without rows: training would refuse it, so the run fails."""
+    reasons = ", ".join(f"{n} x {reason}" for reason, n in sorted(s.skip_reasons.items(), key=lambda x: -x[1]))
+    return (
+        f"{s.output} holds no rows: all {s.records} inputs were skipped ({reasons or 'no reason recorded'}); "
+        f"fix them (see {s.report}) and rerun"
+    )
 
 
 if __name__ == "__main__":

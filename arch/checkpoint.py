@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -69,8 +70,10 @@ def resolve_checkpoint_file(path: str, mp_rank: int = 0) -> str:
         return direct
     tag, release = read_tracker(path)
     if tag is None:
+        what = "it is empty" if not os.listdir(path) else f"no {TRACKER_FILENAME}, 'latest' or {name}"
         raise CheckpointError(
-            f"{path}: no {TRACKER_FILENAME} (or 'latest') and no {name}: not a CogView checkpoint folder"
+            f"{path}: the folder holds no checkpoint ({what}): not a CogView checkpoint folder; "
+            "point --load at the folder training saved to"
         )
     candidates = [tag, "0"] if release else [tag]
     for folder in candidates:
@@ -80,24 +83,76 @@ def resolve_checkpoint_file(path: str, mp_rank: int = 0) -> str:
     raise CheckpointError(f"{path}: the tracker names '{tag}' but {os.path.join(path, tag, name)} is missing")
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format
+PICKLE_PROTOCOL = 0x80  # first byte of a protocol-2+ pickle (torch's legacy format)
+# globals a real checkpoint pickles (DeepSpeed's numpy / python RNG states, argparse args...)
+EXPECTED_GLOBAL_MODULES = ("numpy", "torch", "collections", "_codecs", "argparse", "deepspeed")
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def file_kind(file: str) -> str:
+    """ "zip", "pickle", "empty" or "other", from the first bytes: what torch.load could read."""
+    with open(file, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "empty"
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    return "pickle" if head[0] == PICKLE_PROTOCOL else "other"
+
+
+def refused_global(message: str) -> Optional[str]:
+    """The global (``module.name``) torch's safe loader refused, as its error message names it."""
+    match = _REFUSED_GLOBAL.search(message)
+    return match.group(1) if match else None
+
+
+def _not_a_checkpoint(file: str, kind: str, exc: BaseException) -> CheckpointError:
+    if kind == "empty":
+        return CheckpointError(f"{file}: empty file (0 bytes), not a checkpoint; was it copied completely?")
+    if kind == "other":
+        return CheckpointError(
+            f"{file}: not a checkpoint (not a zip/pickle file torch can read); "
+            "point --load at a checkpoint folder or .pt file"
+        )
+    detail = " ".join(str(exc).split())[:200]
+    return CheckpointError(
+        f"{file}: not a readable checkpoint (truncated or corrupt?) "
+        f"[{type(exc).__name__}{': ' + detail if detail else ''}]; "
+        "point --load at a checkpoint folder or .pt file"
+    )
+
+
 def _torch_load(file: str, trust: bool):
+    """torch.load with weights_only=True; ``trust`` allows full unpickling of a file the safe
+    loader refuses for its pickled globals (never of one that is not a checkpoint at all)."""
+    try:
+        kind = file_kind(file)
+    except OSError as exc:
+        raise CheckpointError(f"{file}: cannot read it ({exc.strerror or exc})") from None
+    if kind in ("empty", "other"):
+        raise _not_a_checkpoint(file, kind, ValueError())
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        name = refused_global(str(exc))
+        if name is None:  # the safe loader stopped on the file's structure, not on a global
+            raise _not_a_checkpoint(file, kind, exc) from None
         if not trust:
+            if name.split(".")[0] in EXPECTED_GLOBAL_MODULES:
+                raise CheckpointError(
+                    f"{file}: a checkpoint with pickled Python objects beyond tensors (the safe loader "
+                    f"refused the global {name}, as in DeepSpeed's RNG states); if you trust this file, "
+                    "add --trust-checkpoint (load_checkpoint_state(..., trust=True))"
+                ) from None
             raise CheckpointError(
-                f"{file}: holds pickled Python objects beyond tensors (e.g. DeepSpeed's RNG "
-                "states), refused by the safe loader; if you trust this file, add "
-                "--trust-checkpoint (load_checkpoint_state(..., trust=True))"
+                f"{file}: a checkpoint with pickled Python objects that call {name}, refused by the safe "
+                f"loader; model checkpoints have no use for {name}: do not pass --trust-checkpoint unless "
+                "you know who made this file and why"
             ) from None
         first_error = exc
     except Exception as exc:  # noqa: BLE001 - whatever a broken file raises, report it in one line
-        detail = str(exc).splitlines()[0] if str(exc) else ""
-        raise CheckpointError(
-            f"{file}: not a readable checkpoint (truncated or corrupt?) "
-            f"[{type(exc).__name__}{': ' + detail if detail else ''}]; "
-            "point --load at a checkpoint folder or .pt file"
-        ) from None
+        raise _not_a_checkpoint(file, kind, exc) from None
     try:
         return torch.load(file, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file here
@@ -146,6 +201,11 @@ def load_full_checkpoint(path: str, trust: bool = False, mp_rank: int = 0) -> di
 def check_state_dict(model: nn.Module, state: StateDict, source: str) -> None:
     """Raise CheckpointError naming the first missing, unexpected or mis-shaped key."""
     expected = model.state_dict()
+    if state and not set(state) & set(expected):
+        raise CheckpointError(
+            f"{source}: holds no CogView GPT weights (none of its {len(state)} keys, e.g. {next(iter(state))}, "
+            "is a key of the model): --load takes a GPT checkpoint (a VQ-VAE goes to --img-tokenizer-path)"
+        )
     for key, value in expected.items():
         if key not in state:
             raise CheckpointError(

@@ -7,15 +7,17 @@ a run is reproducible and can resume mid-epoch by skipping batches.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
+import signal
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, SequentialSampler
 
-from .datasets import get_dataset_by_type
+from .datasets import CheckedDataset, DataError, get_dataset_by_type
 from .samplers import DistributedBatchSampler
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,10 @@ def get_split(args) -> List[float]:
         splits = [float(s) for s in (text.split(sep) if sep else [text])]
     except ValueError:
         raise ValueError(f"--split {text!r}: expected numbers separated by ',' or '/', e.g. 949,50,1") from None
+    if len(splits) > 3:
+        raise ValueError(f"--split {text!r}: at most three proportions (train, valid, test), e.g. 949,50,1")
+    if any(not math.isfinite(s) for s in splits):
+        raise ValueError(f"--split {text!r}: proportions must be finite numbers, e.g. 949,50,1")
     if any(s < 0 for s in splits):
         raise ValueError(f"--split {text!r}: proportions must be >= 0")
     total = sum(splits)
@@ -117,13 +123,21 @@ def split_ds(ds: Dataset, split: Sequence[float]) -> List[Optional[SplitDataset]
     return out
 
 
+def checked_dataset(dataset_type: str, path: str, args, tokenizer) -> CheckedDataset:
+    """The dataset of one data file, checked at start-up (rows present, a sample of rows
+    readable and inside the vocabulary) so a bad file stops the run before any step."""
+    ds = CheckedDataset(get_dataset_by_type(dataset_type, path, tokenizer, args), path, tokenizer)
+    ds.check()
+    return ds
+
+
 def make_dataset(dataset_type: str, paths: Sequence[str], split: Optional[Sequence[float]], args, tokenizer):
     """Concatenate the paths (t2i x4, i2t x2), map them pseudo-randomly, then split."""
     if isinstance(paths, str):
         paths = [paths]
     parts = []
     for path in paths:
-        ds = get_dataset_by_type(dataset_type, path, tokenizer, args)
+        ds = checked_dataset(dataset_type, path, args, tokenizer)
         repeat = 4 if "t2i" in path else (2 if "i2t" in path else 1)
         if repeat > 1:
             logger.info("enlarging %s %d times", path, repeat)
@@ -159,8 +173,20 @@ def make_data_loader(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
     )
     return DataLoader(
-        dataset, batch_sampler=sampler, num_workers=args.num_workers, pin_memory=torch.cuda.is_available()
+        dataset,
+        batch_sampler=sampler,
+        num_workers=args.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=ignore_stop_signals if args.num_workers > 0 else None,
     )
+
+
+def ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGINT / SIGTERM to the training process: Ctrl-C reaches the
+    whole process group, and a worker that died of it would break the batch the training
+    process still needs to finish its step and save a checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_loaders(
@@ -225,7 +251,30 @@ def detect_new_datasets(args, tokenizer=None):
         for name in sorted(os.listdir(folder))
         if name.endswith(("lmdb", "bin")) and os.path.abspath(os.path.join(folder, name)) not in current
     ]
+    if found and tokenizer is None:
+        from .unified_tokenizer import get_tokenizer
+
+        tokenizer = get_tokenizer(args)
+    found = [path for path in found if _usable_new_dataset(path, args, tokenizer)]
     if not found:
         return None
     args.train_data = list(args.train_data or []) + found
     return make_loaders(args, tokenizer)
+
+
+_REPORTED_NEW: set = set()
+
+
+def _usable_new_dataset(path: str, args, tokenizer) -> bool:
+    """A file that appeared in --new-dataset-path joins the training data only when it passes
+    the start-up check; one still being written (no ``length`` yet) or broken is left out
+    with a warning, once, and looked at again at the next poll."""
+    try:
+        checked_dataset(args.dataset_type, path, args, tokenizer)
+    except (DataError, ValueError, OSError) as exc:
+        message = " ".join(str(exc).split())
+        if (path, message) not in _REPORTED_NEW:
+            _REPORTED_NEW.add((path, message))
+            logger.warning("--new-dataset-path: %s left out for now: %s", path, message)
+        return False
+    return True

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -23,6 +23,8 @@ from .unified_tokenizer import UnifiedTokenizer
 logger = logging.getLogger(__name__)
 
 DATASET_TYPES = ("TokenizedDataset", "TextCodeDataset", "CompactBinaryDataset")
+CHECK_ROWS = 16  # rows read at start-up from each data file (first, last, evenly spaced)
+REBUILD_FIX = "rebuild the file (preprocess_entry.py --overwrite) or leave it out of the data flags"
 COMPACT_TEXT_LENGTH = 64
 COMPACT_CODE_LENGTH = 1024
 
@@ -161,7 +163,8 @@ class RowProcessor:
         elif self.dataset_type == "TextCodeDataset":
             if not (isinstance(row, (tuple, list)) and len(row) == 2):
                 raise ValueError(
-                    f"{self.source}: a TextCodeDataset row must be (text, codes), got {type(row).__name__}"
+                    f"{self.source}: a TextCodeDataset row must be (text, codes), got {type(row).__name__} "
+                    "(is --dataset-type the file's?)"
                 )
             ids = TextCodeTemplate(row[0], np.asarray(row[1]).reshape(-1), tokenizer=self.tokenizer)
         else:  # CompactBinaryDataset: 64 text ids (-1 padded), then 1024 codes
@@ -197,3 +200,101 @@ def get_dataset_by_type(dataset_type: str, path: str, tokenizer: UnifiedTokenize
     if dataset_type == "CompactBinaryDataset":
         return BinaryDataset(path, process_fn)
     return LMDBDataset(path, process_fn)
+
+
+# ------------------------------------------------------------------------- checked rows
+
+
+class DataError(ValueError):
+    """A data file or row that training cannot use; the message names the file, the row
+    and the fix, so a bad file is one line instead of a traceback after hours of work."""
+
+
+def data_error_line(exc: BaseException) -> str:
+    """The one-line message of a DataError, also when a DataLoader worker re-raised it
+    with the worker's traceback folded into the message."""
+    text = str(exc).strip()
+    if "Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split("DataError: ", 1)[-1]
+    return " ".join(text.split())
+
+
+def sample_rows(n: int, k: int = CHECK_ROWS) -> List[int]:
+    """The rows read at start-up: ``k`` evenly spaced rows, the first and the last included."""
+    if n <= 0:
+        return []
+    return sorted({int(i) for i in np.linspace(0, n - 1, min(n, k))})
+
+
+def _describe(exc: BaseException, path: str) -> str:
+    text = (str(exc).splitlines() or [""])[0]
+    for prefix in (f"LMDB {path} ", f"{path}: ", path):
+        text = text.replace(prefix, "")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class CheckedDataset(Dataset):
+    """The samples of one data file, each checked on the way out: a row that cannot be read,
+    or whose ids fall outside the vocabulary (data made with other tokenizers), raises
+    DataError naming the file, the row and the fix; torch would otherwise fail later with
+    an anonymous ``IndexError: index out of range in self`` inside the embedding."""
+
+    def __init__(self, dataset: Dataset, path: str, tokenizer: UnifiedTokenizer):
+        self.dataset = dataset
+        self.path = str(path)
+        self.vocab = len(tokenizer)
+        self.vocab_parts = (
+            f"{tokenizer.num_image_tokens} image + {tokenizer.num_text_tokens} text + "
+            f"{tokenizer.num_command_tokens} command tokens"
+        )
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx: int) -> Dict[str, np.ndarray]:
+        idx = int(idx)
+        try:
+            sample = self.dataset[idx]
+        except IndexError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a broken row raises, name its place
+            raise DataError(
+                f"{self.path} row {idx}: cannot be read ({_describe(exc, self.path)}); {REBUILD_FIX}"
+            ) from None
+        ids = sample["text"]
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= self.vocab:
+            bad = low if low < 0 else high
+            raise DataError(
+                f"{self.path} row {idx}: token id {bad} is outside the vocabulary of {self.vocab} "
+                f"({self.vocab_parts}): the data was made with other tokenizers; pass the "
+                "--img-tokenizer-num-tokens / --img-tokenizer-path and --txt-tokenizer-path it was "
+                "made with, or rebuild it with these"
+            )
+        return sample
+
+    def check(self) -> None:
+        """Start-up check (cheap): rows present, ``length`` backed by stored rows, and a
+        sample of rows that reads and fits the vocabulary."""
+        n = len(self)
+        if n == 0:
+            report = os.path.normpath(self.path) + ".report.tsv"
+            why = (
+                f"preprocessing skipped every input (see {report})"
+                if os.path.exists(report)
+                else "its writer stored none"
+            )
+            raise DataError(f"{self.path}: the dataset holds no rows ({why}); rebuild it or leave it out")
+        if isinstance(self.dataset, LMDBDataset):
+            try:
+                entries = int(reader_env(self.path).stat()["entries"])
+            except Exception as exc:  # noqa: BLE001 - a damaged LMDB: report it in one line
+                raise DataError(f"{self.path}: cannot be read ({_describe(exc, self.path)}); {REBUILD_FIX}") from None
+            if entries < n + 1:  # the rows plus the length key
+                raise DataError(
+                    f"{self.path}: its 'length' key says {n} rows but it stores only {max(entries - 1, 0)}; "
+                    f"{REBUILD_FIX}"
+                )
+        for idx in sample_rows(n):
+            self[idx]

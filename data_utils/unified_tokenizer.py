@@ -8,6 +8,7 @@ released sizes (8192 + 50000) [PAD] is 58192 and there are 58219 tokens.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -208,7 +209,8 @@ class UnifiedTokenizer:
         ``[MASK]*N`` (N x -1), ``[Image]path`` (all codes of the image),
         ``[ImageN]path`` (first N codes kept, the rest -1), or text. Consecutive text
         parts are joined with single spaces and encoded together; a command token or an
-        image part ends such a run.
+        image part ends such a run. An image path may hold spaces (it runs on to the next
+        command token).
         """
         ret: List[int] = []
         text_buffer: List[str] = []
@@ -218,7 +220,16 @@ class UnifiedTokenizer:
                 ret.extend(self.EncodeAsIds(" ".join(text_buffer)))
                 text_buffer.clear()
 
-        for part in query.split(" "):
+        parts = query.split(" ")
+        index = 0
+        while index < len(parts):
+            part = parts[index]
+            index += 1
+            if part.startswith("[Image"):
+                # a path may hold spaces: it runs on to the next command token (see _image_path_parts)
+                taken = _image_path_parts(part, parts[index:], self.command_tokens)
+                part = " ".join([part, *parts[index : index + taken]])
+                index += taken
             if part in self.command_tokens:
                 flush_text()
                 ret.append(-1 if part == "[MASK]" else self.command_tokens[part])
@@ -242,9 +253,7 @@ class UnifiedTokenizer:
         """``[Image]path`` / ``[ImageN]path`` -> the image's codes, all but N set to -1."""
         rest = part[len("[Image") :]
         if "]" not in rest or rest.count("]") != 1:
-            raise ValueError(
-                f"{part!r} in query: expected [Image]path or [ImageN]path (the path may not contain ']' or spaces)"
-            )
+            raise ValueError(f"{part!r} in query: expected [Image]path or [ImageN]path (the path may not contain ']')")
         num, path = rest.split("]")
         if not path:
             raise ValueError(f"{part!r} in query: no image path after ']'")
@@ -256,6 +265,31 @@ class UnifiedTokenizer:
         if keep is not None:
             codes[keep:] = [-1] * max(0, len(codes) - keep)
         return codes
+
+
+def _image_path_parts(first: str, following: Sequence[str], command_tokens: Dict[str, int]) -> int:
+    """How many of the space-separated ``following`` parts belong to the image path begun in
+    ``first`` (``[Image]path``).
+
+    Paths come from TAB-separated fields and may hold spaces, but the query language splits on
+    spaces. The path runs on to the next command token (every template ends an image there or at
+    the end of the query); when that whole run is not a file, the longest run that is one wins, so
+    a query with text after an existing image's path (``[Image]a.png more text``) reads as before.
+    """
+    run = 0
+    while run < len(following) and not _ends_image_path(following[run], command_tokens):
+        run += 1
+    if run == 0:
+        return 0
+    head = first[first.index("]") + 1 :] if "]" in first else first
+    for taken in range(run, -1, -1):
+        if os.path.isfile(" ".join([head, *following[:taken]])):
+            return taken
+    return run
+
+
+def _ends_image_path(part: str, command_tokens: Dict[str, int]) -> bool:
+    return part in command_tokens or part.startswith(("[MASK]*", "[Image"))
 
 
 def _parse_count(text: str, part: str) -> int:

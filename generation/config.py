@@ -10,10 +10,12 @@ gave, so the library never imports the entry point's parser.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from dataclasses import dataclass
-from typing import AbstractSet, Any, Dict, Optional, Tuple
+from typing import AbstractSet, Any, Dict, FrozenSet, Optional, Tuple
 
-from arch import GPT2Config
+from arch import CheckpointError, GPT2Config
 from arch.model_config import FLAG_KEYS, PATH_KEYS, model_config_path, read_model_config, resolve_path
 
 # tasks classifier-free guidance applies to (each has its own scale and top-k)
@@ -119,6 +121,55 @@ class GenerationConfig:
     debug: bool
     """One dated grid per query (with the inputs) instead of numbered files."""
 
+    # ---- where the values came from (for messages)
+    explicit: FrozenSet[str] = frozenset()
+    """Flags (dests) given on the command line."""
+    from_file: FrozenSet[str] = frozenset()
+    """Keys whose value was taken from model_config.json."""
+
+    def source(self, key: str) -> str:
+        """Where ``key``'s value came from: "flag", "file" (model_config.json) or "default"."""
+        return "flag" if key in self.explicit else "file" if key in self.from_file else "default"
+
+    def describe(self, key: str) -> str:
+        """``key``'s value and where it came from, for an error message."""
+        value = getattr(self, key)
+        if self.source(key) == "file":
+            return f"{key} {value} (from {self.model_config_path})"
+        flag = "--" + key.replace("_", "-")
+        return f"{flag} {value}" + (" (its default)" if self.source(key) == "default" else "")
+
+    def check_tokenizer_paths(self) -> None:
+        """A tokenizer path taken from model_config.json that does not exist is blamed on the
+        file (a checkpoint folder copied elsewhere keeps its old relative paths)."""
+        for key in PATH_KEYS:
+            path = getattr(self, key)
+            if self.source(key) == "file" and path and not os.path.exists(path):
+                raise CheckpointError(
+                    f"{self.model_config_path} names {key} {path}, which does not exist; pass --{key.replace('_', '-')}"
+                )
+
+    def check(self) -> None:
+        """ValueError, one line naming each value's source, for settings that cannot build a model."""
+        for key in ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{self.describe(key)} must be at least 1")
+        if not math.isfinite(self.temperature):
+            raise ValueError(f"--temperature {self.temperature} must be a finite number > 0")
+        numbers = {"--caption-rerank-weight": self.caption_rerank_weight}
+        numbers.update({f"--guidance-scale ({task})": value for task, value in self.guidance_scale.items()})
+        for name, value in numbers.items():
+            if not math.isfinite(value):
+                raise ValueError(f"{name} {value} must be a finite number")
+        if self.hidden_size % self.num_attention_heads:
+            divisors = [n for n in range(1, self.hidden_size + 1) if self.hidden_size % n == 0]
+            nearest = min(divisors, key=lambda n: (abs(n - self.num_attention_heads), n))
+            raise ValueError(
+                f"{self.describe('hidden_size')} is not divisible by {self.describe('num_attention_heads')} "
+                f"(NHIDDEN / NATT in the scripts); pick a head count that divides it, e.g. {nearest}"
+                + ("" if self.source("num_attention_heads") != "flag" else ", or drop the flag")
+            )
+
     def guidance(self, task: str) -> Tuple[float, int]:
         """(scale, top-k) of classifier-free guidance for ``task``; scale 0 when it has none."""
         return self.guidance_scale.get(task, 0.0), self.guidance_top_k.get(task, 0)
@@ -150,7 +201,7 @@ class GenerationConfig:
         line, arguments.explicit_dests).
 
         Raises CheckpointError, one line naming the file (and key), for an unreadable or
-        mistyped model_config.json.
+        mistyped model_config.json, and ValueError (GenerationConfig.check) for a model shape that cannot be built.
         """
         flags: Dict[str, Any] = vars(args)
         file_values = read_model_config(args.load) if args.load else None
@@ -161,11 +212,12 @@ class GenerationConfig:
             return stored[key] if key in stored and key not in explicit else flags[key]
 
         recorded = {key: pick(key) for key in FLAG_KEYS}
+        from_file = {key for key in stored if key not in explicit}
         for key in PATH_KEYS:
             if key in stored and key not in explicit:
                 recorded[key] = resolve_path(args.load, recorded[key])
         recorded["sr_text_length"] = int(recorded["sr_text_length"] or 0)
-        return cls(
+        config = cls(
             task=args.generation_task,
             device=args.device,
             dtype=args.dtype,
@@ -198,7 +250,11 @@ class GenerationConfig:
             output_path=args.output_path,
             with_id=args.with_id,
             debug=args.debug,
+            explicit=frozenset(explicit),
+            from_file=frozenset(from_file),
         )
+        config.check()
+        return config
 
 
 def _per_task(flag: Any, stored: Optional[Dict[str, Any]], kind: type) -> Dict[str, Any]:

@@ -7,6 +7,7 @@ so every caller samples through one code path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
@@ -17,12 +18,25 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from arch import CheckpointError
+from arch.checkpoint import resolve_checkpoint_file
+from common.dtypes import DTYPES
+
 from .config import GenerationConfig
 from .magnify import magnify, pad_query_text, sr_middle_tokens, sr_window
 from .model_setup import load_generation_model
-from .outputs import first_sentence, save_debug_grid, save_samples, to_side
+from .outputs import OutputError, append_text, first_sentence, save_debug_grid, save_samples, to_side, unique_folder
 from .post_selection import caption_given_image_score, image_given_text_score, inverse_prompt_score
-from .queries import Query, QueryError, check_command_tokens, check_positions, parse_region, region_mask, task_template
+from .queries import (
+    SIZE_TOKENS,
+    Query,
+    QueryError,
+    check_command_tokens,
+    check_positions,
+    parse_region,
+    region_mask,
+    task_template,
+)
 from .sampling import Guidance, SamplingConfig, TokenLayout, count_to_generate, generate_in_chunks
 
 
@@ -113,6 +127,7 @@ class Generator:
         return images[-1].float().cpu()
 
     def out_folder(self, query: Query) -> str:
+        """The folder a query's outputs are named after (``save`` makes the name unique)."""
         return os.path.join(self.cfg.output_path, query.id if query.id else query.label)
 
     def report(self, query: Query, count: int, seconds: float, where: str) -> None:
@@ -128,8 +143,13 @@ class Generator:
             texts = [query.raw]
             print("\n".join(texts))
             return save_debug_grid(list(extra_first) + images, self.cfg.output_path, query.label, side)
-        folder = self.out_folder(query)
-        save_samples(images, folder, side)
+        folder = unique_folder(self.cfg.output_path, query.id if query.id else query.label)
+        try:
+            save_samples(images, folder, side)
+        except OutputError:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only when nothing was written into it
+            raise
         return folder
 
     # ---- tasks --------------------------------------------------------------------------
@@ -272,8 +292,7 @@ class Generator:
             )
         os.makedirs(self.cfg.output_path, exist_ok=True)
         out = os.path.join(self.cfg.output_path, f"scores_rank_{self.cfg.rank}.txt")
-        with open(out, "a") as f:
-            f.write(query.raw + "\n" + "\t".join(f"{s:.6f}" for s in scores) + "\n")
+        append_text(out, query.raw + "\n" + "\t".join(f"{s:.6f}" for s in scores) + "\n")
         print(f"line {query.line_number}: scores {' '.join(f'{s:.3f}' for s in scores)} -> {out}", flush=True)
 
     def inpainting(self, query: Query) -> None:
@@ -308,19 +327,127 @@ class Generator:
 
 
 def setup(cfg: GenerationConfig):
-    """Seeds, tokenizer and model; raises CheckpointError/ValueError with one-line messages."""
+    """Seeds, tokenizer and model; raises CheckpointError/ValueError with one-line messages.
+
+    The cheap checks (checkpoint present, input file, task, image size) run before the
+    tokenizer and the model are loaded, so a wrong flag costs no loading time."""
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    if cfg.input_source != "interactive" and not os.path.isfile(cfg.input_source):
-        raise ValueError(f"--input-source {cfg.input_source}: no such file (or use 'interactive')")
+    if not cfg.load:
+        raise CheckpointError("no checkpoint: pass --load (e.g. pretrained/cogview/cogview-demo)")
+    resolve_checkpoint_file(cfg.load)  # a missing or empty folder is named before its tokenizers
+    check_input_source(cfg.input_source)
+    cfg.check_tokenizer_paths()
     if cfg.task == "raw":
         raise ValueError("--generation-task raw is the inpainting task here: use --generation-task inpainting")
     if not cfg.img_tokenizer_path:
-        raise ValueError("generation needs --img-tokenizer-path (a VQ-VAE checkpoint) to read and write images")
+        where = (
+            f"{cfg.model_config_path} names none" if cfg.model_config_path else f"{cfg.load} has no model_config.json"
+        )
+        raise ValueError(
+            f"generation needs --img-tokenizer-path (a VQ-VAE checkpoint) to read and write images; {where}"
+        )
     from data_utils.unified_tokenizer import UnifiedTokenizer
 
-    tokenizer = UnifiedTokenizer(cfg.img_tokenizer_path, cfg.txt_tokenizer_path, device=cfg.device)
+    try:
+        tokenizer = UnifiedTokenizer(cfg.img_tokenizer_path, cfg.txt_tokenizer_path, device=cfg.device)
+    except (ValueError, OSError) as exc:
+        if cfg.source("img_tokenizer_path") == "file" or cfg.source("txt_tokenizer_path") == "file":
+            raise ValueError(f"{exc} (tokenizer paths from {cfg.model_config_path})") from None
+        raise
+    grid = check_image_size(cfg, tokenizer)
     vocab = tokenizer.padded_vocab_size(cfg.make_vocab_size_divisible_by, 1)
     model = load_generation_model(cfg, vocab)
+    check_image_fits(cfg, grid)  # after the weights, so a broken checkpoint is named first
+    check_memory(cfg)
     return tokenizer, model
+
+
+SAMPLING_TASKS = ("text2image", "image2text", "low-level super-resolution", "inpainting")
+
+
+def free_memory_bytes(device: str) -> Optional[int]:
+    """Memory a new allocation can take on ``device`` (GPU: the driver's count; CPU: the
+    kernel's MemAvailable, capped by a cgroup limit); None when it cannot be told."""
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    free = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit.isdigit() and free is not None:
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def check_memory(cfg: GenerationConfig) -> None:
+    """The key/value cache of one sampler call (min(--batch-size, --max-inference-batch-size)
+    samples, twice with guidance) must fit the free memory: past it the kernel kills the run
+    without a word, or the GPU fails every line alike."""
+    if cfg.task not in SAMPLING_TASKS:
+        return
+    free = free_memory_bytes(cfg.device)
+    if not free or free <= 0:
+        return
+    rows = min(cfg.batch_size, cfg.max_inference_batch_size)
+    per_sample = cfg.num_layers * 2 * cfg.max_position_embeddings * cfg.hidden_size * DTYPES[cfg.dtype].itemsize
+    per_sample *= 2 if cfg.guidance(cfg.task)[0] else 1
+    if rows * per_sample > 0.8 * free:
+        fits = max(1, int(0.5 * free // per_sample))
+        raise ValueError(
+            f"--max-inference-batch-size {cfg.max_inference_batch_size} with --batch-size {cfg.batch_size}: "
+            f"{rows} samples at once need about {rows * per_sample / 2**30:.1f} GiB for the key/value cache, "
+            f"and {free / 2**30:.1f} GiB is free on {cfg.device}; lower --max-inference-batch-size "
+            f"(e.g. to {fits})"
+        )
+
+
+def check_input_source(source: str) -> None:
+    """``interactive`` or a path that can be read as a file (a pipe such as <(...) too)."""
+    if source == "interactive":
+        return
+    if os.path.isdir(source):
+        raise ValueError(f"--input-source {source}: is a folder; pass a text file with one query per line")
+    if not os.path.exists(source):
+        raise ValueError(f"--input-source {source}: no such file (or use 'interactive')")
+
+
+def check_image_size(cfg: GenerationConfig, tokenizer) -> int:
+    """The code grid side the VQ-VAE makes of --img-size; ValueError when no size token
+    exists for it (every line would fail the same way)."""
+    try:
+        grid = tokenizer.code_grid_side(cfg.img_size, cfg.device) if cfg.img_size >= 8 else 0
+    except RuntimeError:  # too small for the VQ-VAE's convolutions
+        grid = 0
+    if grid not in SIZE_TOKENS:
+        factor = max(1, round(cfg.img_size / grid)) if grid else 8
+        sizes = ", ".join(str(g * factor) for g in sorted(SIZE_TOKENS))
+        made = f"the VQ-VAE makes a {grid}x{grid} code grid of it" if grid else "too small for the VQ-VAE"
+        raise ValueError(
+            f"{cfg.describe('img_size')}: {made}, and only 8, 16, 32 or 64 codes per side have a size "
+            f"token; use one of {sizes}"
+        )
+    return grid
+
+
+def check_image_fits(cfg: GenerationConfig, grid: int) -> None:
+    """An image of ``grid`` x ``grid`` codes must fit the model's positions (super-resolution
+    samples smaller windows), else every line would fail the same way."""
+    if cfg.task != "super-resolution" and grid * grid + 3 > cfg.max_position_embeddings:
+        raise ValueError(
+            f"{cfg.describe('img_size')}: {grid * grid} image codes do not fit the model's "
+            f"{cfg.max_position_embeddings} positions (max_position_embeddings); use the img_size "
+            "the checkpoint was trained at"
+        )

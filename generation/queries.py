@@ -72,6 +72,7 @@ class Query:
 def split_line(line: str, line_number: int, task: str, with_id: bool) -> Query:
     """Check the line's shape (id, TAB-separated fields) before any tokenization."""
     raw = line.rstrip("\n").rstrip("\r")
+    check_utf8(raw)
     if not raw.strip():
         raise QueryError("empty line: write one query per line (or remove the line)")
     qid = None
@@ -98,6 +99,17 @@ def split_line(line: str, line_number: int, task: str, with_id: bool) -> Query:
     return Query(line_number, raw, qid.strip() if qid else None, fields)
 
 
+def check_utf8(text: str) -> None:
+    """Input files are decoded with ``surrogateescape``, so one undecodable line reaches here
+    (and fails alone) instead of aborting the whole file."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = ord(text[exc.start])
+        byte = f"byte 0x{bad - 0xDC00:02x}" if 0xDC80 <= bad <= 0xDCFF else f"character U+{bad:04X}"
+        raise QueryError(f"not valid UTF-8 ({byte} at column {exc.start + 1}); save the input file as UTF-8") from None
+
+
 def check_command_tokens(query: str, known) -> None:
     """An unknown ``[NAME]`` part would silently become text in the original: refuse it."""
     for part in query.split(" "):
@@ -113,8 +125,10 @@ def parse_region(text: str) -> Tuple[float, float, float, float]:
         raise QueryError(
             f"region {text!r}: expected 'x0,y0,x1,y1' as fractions of the image, e.g. 0.5,0,1,1 for the right half"
         ) from None
-    if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
-        raise QueryError(f"region {text!r}: need 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+    if not all(0 <= v <= 1 for v in (x0, y0, x1, y1)):
+        raise QueryError(f"region {text!r} reaches outside the image: every value must be within [0, 1]")
+    if not (x0 < x1 and y0 < y1):
+        raise QueryError(f"region {text!r} is empty: need x0 < x1 and y0 < y1 (left, top, right, bottom)")
     return x0, y0, x1, y1
 
 

@@ -10,6 +10,8 @@ setup problems raise SetupError with one line for the user.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import multiprocessing as mp
 import os
@@ -182,6 +184,7 @@ def _setup(cfg: PreprocessConfig) -> _Setup:
 
 
 def _prepare_output(cfg: PreprocessConfig, report: str) -> None:
+    _check_writable(cfg.output, os.path.dirname(os.path.abspath(cfg.output)))  # the report goes beside the LMDB
     if cfg.overwrite:
         if os.path.isdir(cfg.output):
             shutil.rmtree(cfg.output)
@@ -193,6 +196,30 @@ def _prepare_output(cfg: PreprocessConfig, report: str) -> None:
                 f"--output {cfg.output} already holds an LMDB that preprocess_entry.py "
                 "did not write; choose another --output or pass --overwrite"
             )
+    if os.path.isdir(cfg.output):
+        _check_writable(cfg.output, cfg.output)
+
+
+def _check_writable(output: str, folder: str) -> None:
+    """Write, fsync and remove a probe file, so a read-only or full disk stops the run before
+    any image is encoded."""
+    probe = os.path.join(folder, f".write-probe-{os.getpid()}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(probe)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise SetupError(f"--output {output}: no space left on the disk of {folder}") from None
+        raise SetupError(
+            f"--output {output}: cannot write in {folder} ({exc.strerror or exc}); choose a writable --output"
+        ) from None
 
 
 def _ordered(results: Iterable, max_in_flight: int) -> Iterator:
@@ -396,13 +423,19 @@ def run(cfg: PreprocessConfig) -> RunSummary:
         rows.commit()
         ok = True
     finally:
+        # after a failure (a full disk, Ctrl-C) the committed rows stay and the first error is
+        # the one reported: closing may fail the same way
         if not ok:
             rows.abandon()
         if pool is not None:
             (pool.close if ok else pool.terminate)()
             pool.join()
-        journal.close()
-        writer.close()
+        for close in (journal.close, writer.close):
+            if ok:
+                close()
+            else:
+                with contextlib.suppress(Exception):
+                    close()
     summary.total_rows = writer.count
     summary.seconds = time.time() - start
     return summary

@@ -46,7 +46,7 @@ else
     else
         nodes=${NUM_WORKERS}; node_rank=${NODE_RANK}; master_addr=${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}
     fi
-    run_cmd=("${env_prefix[@]}" "$PYTHON" -m torch.distributed.run --nnodes "${nodes}" --node_rank "${node_rank}"
+    run_cmd=("${env_prefix[@]}" "${TORCHRUN[@]}" --nnodes "${nodes}" --node_rank "${node_rank}"
              --nproc_per_node "${procs}" --master_addr "${master_addr}" --master_port "${MASTER_PORT:-29500}"
              "$main_dir/pretrain_gpt2.py" "${gpt_options[@]}" "${device_args[@]}" "$@")
 fi

@@ -25,7 +25,7 @@ if has_gpu; then
 else
     echo "No GPU found: training on CPU with ${CPU_PROCS:-1} process(es) (gloo, bf16 instead of fp16)" >&2
     cpu_environment
-    run_cmd=("$PYTHON" -m torch.distributed.run --nnodes 1 --nproc_per_node "${CPU_PROCS:-1}"
+    run_cmd=("${TORCHRUN[@]}" --nnodes 1 --nproc_per_node "${CPU_PROCS:-1}"
              --master_port "${MASTER_PORT:-$(( RANDOM % 55535 + 10000 ))}"
              "$main_dir/pretrain_gpt2.py" "${gpt_options[@]}" --device cpu "$@")
 fi

@@ -3,6 +3,10 @@
 main_dir="$(dirname "$(dirname "$(realpath "${BASH_SOURCE[0]}")")")"
 PYTHON=${PYTHON:-python3}
 
+# torchrun as `python -m torch.distributed.run`, but a failed or stopped run ends with the
+# training process's one-line message and exit code instead of the launcher's traceback
+TORCHRUN=("$PYTHON" "$main_dir/scripts/run_torchrun.py")
+
 has_gpu() {
     [ "${FORCE_CPU:-0}" != "1" ] && "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null
 }

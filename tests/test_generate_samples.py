@@ -339,7 +339,7 @@ def test_inpainting_keeps_codes_outside_the_region(assets, tmp_path):
 def test_bad_lines_are_reported_and_the_rest_runs(assets, tmp_path, capsys):
     lines = [
         "a red circle",  # 1 ok
-        "",  # 2 empty
+        "",  # 2 blank: skipped, not a query
         "[FOO] a red circle",  # 3 unknown command token
         "a [MASK]*x circle",  # 4 bad mask count
         "word " * 400,  # 5 too long
@@ -348,7 +348,7 @@ def test_bad_lines_are_reported_and_the_rest_runs(assets, tmp_path, capsys):
     code, out = run(assets, tmp_path, "text2image", lines, "--batch-size", "1")
     err = capsys.readouterr().err
     assert code == 1
-    assert "line 2: empty line" in err
+    assert "line 2:" not in err and "3 line(s) failed" in err
     assert "line 3: unknown command token [FOO]" in err
     assert "line 4:" in err and "[MASK]*x" in err
     assert "line 5:" in err and "positions" in err

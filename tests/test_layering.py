@@ -33,6 +33,7 @@ LAYERS: Dict[str, int] = {
     "bench": 6,
     **{name: 7 for name in ENTRY_MODULES},
     "env": 7,  # deployment scripts run on their own, outside the package tree
+    "scripts": 7,  # launch helpers of the shell scripts, run on their own
 }
 # same-rank imports between different top-level names that are allowed (importer, imported)
 SIDEWAYS: Set[Tuple[str, str]] = {

@@ -1,5 +1,5 @@
-"""Exact resume: a run SIGKILLed after a checkpoint and resumed ends bitwise equal
-(CPU, fp32, dropout on) to the same run left alone."""
+"""Exact resume: a run SIGKILLed after a checkpoint, or stopped by SIGTERM (which saves where
+it stops), and resumed ends bitwise equal (CPU, fp32, dropout on) to the same run left alone."""
 
 from __future__ import annotations
 
@@ -131,3 +131,59 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     assert "starting at iteration 10" in resumed.stdout
     # saving iteration 20 again removed the half-written temporary file the kill left
     assert not any(name.startswith(".tmp") for name in os.listdir(os.path.join(run_dir, "20")))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_where_it_stops_and_resume_is_bitwise_identical(tmp_path):
+    setup = tiny_setup(str(tmp_path))
+    full = subprocess.run(_cmd(setup, str(tmp_path / "full")), env=_env(), capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    kill_at = random.Random().choice([k for k in range(11, 30) if k % 10])  # between two interval saves
+    proc = subprocess.Popen(
+        _cmd(setup, str(tmp_path / "stopped")),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if f" iteration {kill_at:8d}/" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in out + err
+    (line,) = [x for x in err.splitlines() if "stopped by SIGTERM" in x]
+    reached = int(line.split(" at iteration ")[1].split(":")[0])
+    assert kill_at <= reached < N
+    run_dir = glob.glob(str(tmp_path / "stopped" / "tiny-*"))[0]
+    with open(os.path.join(run_dir, "latest_checkpointed_iteration.txt")) as f:
+        assert int(f.read()) == reached
+    stopped = torch.load(os.path.join(run_dir, str(reached), "mp_rank_00_model_states.pt"), weights_only=True)
+    assert stopped["iteration"] == reached and stopped["data_position"] == reached
+    resumed = subprocess.run(
+        _cmd(setup, str(tmp_path / "stopped"), **{"--load": run_dir}),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"starting at iteration {reached}" in resumed.stdout
+    a = _final(glob.glob(str(tmp_path / "full" / "tiny-*"))[0])
+    b = _final(run_dir)
+    for key in (
+        "module",
+        "optimizer",
+        "lr_scheduler",
+        "random_rng_state",
+        "np_rng_state",
+        "torch_rng_state",
+        "rng_tracker_states",
+        "data_position",
+        "iteration",
+    ):
+        _assert_same(a[key], b[key], key)

@@ -191,13 +191,17 @@ class DeepSpeedBackend:
             betas=tuple(opt_params.get("betas", (0.9, 0.999))),
             eps=opt_params.get("eps", 1e-8),
         )
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=module,
-            optimizer=optimizer,
-            config=self.config,
-            mpu=mpu if mpu.get_model_parallel_world_size() > 1 else None,
-            dist_init_required=False,
-        )
+        try:
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(
+                model=module,
+                optimizer=optimizer,
+                config=self.config,
+                mpu=mpu if mpu.get_model_parallel_world_size() > 1 else None,
+                dist_init_required=False,
+            )
+        except (ValueError, TypeError, KeyError, AssertionError) as exc:  # DeepSpeed's config validation
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise ValueError(f"--deepspeed_config {args.deepspeed_config}: DeepSpeed refuses it: {detail}") from None
         self.model = self.engine
         self.module = self.engine.module
         self.device = device

@@ -7,12 +7,19 @@ last (after a barrier), so a crash mid-save leaves the previous checkpoint in
 force.  RNG states are stored as tensors, so the files load with
 ``torch.load(weights_only=True)``.  With DeepSpeed the engine writes the files
 (plus its ZeRO shards) and our state goes in its ``client_state``.
+
+A save that fails (a full disk, a folder that turned read-only) raises
+CheckpointSaveError on every rank with one line saying which checkpoint is kept;
+the atomic writes leave the previous files and tracker as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import random
+import shutil
 from typing import Optional, Tuple
 
 import numpy as np
@@ -31,6 +38,8 @@ from arch.checkpoint import (
 )
 from arch.model_config import FLAG_KEYS, MODEL_CONFIG_FILENAME, PATH_KEYS, write_model_config
 from common.fileio import remove_stale_temps, write_text_atomic
+
+from .distributed import first_message
 
 # flags that fix the shapes of the model's tensors (and how the files are split)
 MODEL_SHAPE_FLAGS = (
@@ -137,9 +146,44 @@ def set_rng_state(state: dict) -> None:
 # --------------------------------------------------------------------------------- saving
 
 
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+class CheckpointSaveError(Exception):
+    """A checkpoint that could not be written; the previous one stays in force."""
+
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def checkpoint_bytes(module, args) -> int:
+    """About how many bytes one checkpoint of this model-parallel rank takes: the weights,
+    plus AdamW's two fp32 moments unless --no-save-optim."""
+    weights = sum(p.numel() * p.element_size() for p in module.parameters())
+    moments = 0 if args.no_save_optim else sum(p.numel() * 8 for p in module.parameters())
+    return weights + moments
+
+
+def _failure_reason(exc: BaseException, save_dir: str, needed: int) -> str:
+    """Why a write failed, in a few words. torch.save reports a failed write as a
+    RuntimeError without errno, so then the free space of the disk decides."""
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+        return f"no space left on {save_dir}"
+    if isinstance(exc, OSError):
+        return f"cannot write in {save_dir} ({exc.strerror or exc})"
+    try:
+        free = shutil.disk_usage(save_dir).free
+    except OSError:
+        free = None
+    if free is not None and free < needed:
+        return f"no space left on {save_dir} ({free // 1024} KiB free, about {needed // 1024} KiB needed)"
+    detail = (str(exc).splitlines() or [""])[0]
+    return f"writing to {save_dir} failed ({type(exc).__name__}: {detail})"
+
+
+def _kept(save_dir: str) -> str:
+    try:
+        tag, _ = read_tracker(save_dir)
+    except Exception:  # noqa: BLE001 - an unreadable tracker keeps nothing we can name
+        tag = None
+    return f"the checkpoint of iteration {tag} is kept" if tag else "no earlier checkpoint exists there"
 
 
 def training_state(args, data_position: int, skipped_steps: int) -> dict:
@@ -157,9 +201,37 @@ def training_state(args, data_position: int, skipped_steps: int) -> dict:
 def save_training_checkpoint(
     save_dir: str, iteration: int, backend, scheduler, args, data_position: int, skipped_steps: int = 0
 ) -> None:
-    """Every rank calls this; files per model-parallel rank, tracker last by global rank 0."""
-    os.makedirs(save_dir, exist_ok=True)
+    """Every rank calls this; files per model-parallel rank, tracker last by global rank 0.
+
+    Raises CheckpointSaveError on every rank when any rank failed to write: the ranks agree
+    (a collective in place of each barrier) so none waits for a rank that gave up.
+    """
     state = training_state(args, data_position, skipped_steps)
+    failure: Optional[str] = None
+    try:
+        os.makedirs(save_dir, exist_ok=True)
+        _write_model_states(save_dir, iteration, backend, scheduler, args, state)
+    except Exception as exc:  # noqa: BLE001 - any failed write: the previous checkpoint stays
+        failure = _failure_reason(exc, save_dir, checkpoint_bytes(backend.module, args))
+    failure = first_message(failure)
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    if failure is None and rank0:
+        try:
+            for name in (MODEL_CONFIG_FILENAME, TRACKER_FILENAME):  # temporaries of a save killed mid-write
+                remove_stale_temps(save_dir, name)
+            write_model_config(save_dir, model_config_from_args(save_dir, args))  # generation needs no shape flags
+            write_text_atomic(os.path.join(save_dir, TRACKER_FILENAME), str(iteration))
+        except OSError as exc:
+            failure = _failure_reason(exc, save_dir, 1)
+    failure = first_message(failure)
+    if failure is not None:
+        if rank0:
+            with contextlib.suppress(OSError):  # the iteration's folder, when the failed save left it empty
+                os.rmdir(os.path.join(save_dir, str(iteration)))
+        raise CheckpointSaveError(f"checkpoint at iteration {iteration} not saved: {failure}; {_kept(save_dir)}")
+
+
+def _write_model_states(save_dir: str, iteration: int, backend, scheduler, args, state: dict) -> None:
     if backend.name == "deepspeed":
         state.update(iteration=int(iteration), client_lr_scheduler=scheduler.state_dict())
         backend.engine.save_checkpoint(save_dir, tag=str(iteration), client_state=state, save_latest=False)
@@ -184,13 +256,6 @@ def save_training_checkpoint(
         save_checkpoint(
             save_dir, iteration, module_state, extra=state, mp_rank=mpu.get_model_parallel_rank(), write_tracker=False
         )
-    _barrier()
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        for name in (MODEL_CONFIG_FILENAME, TRACKER_FILENAME):  # temporaries of a save killed mid-write
-            remove_stale_temps(save_dir, name)
-        write_model_config(save_dir, model_config_from_args(save_dir, args))  # generation needs no shape flags
-        write_text_atomic(os.path.join(save_dir, TRACKER_FILENAME), str(iteration))
-    _barrier()
 
 
 # -------------------------------------------------------------------------------- loading
@@ -216,6 +281,35 @@ def _drop_other_position_table(ckpt: dict, module, source: str) -> bool:
     return True
 
 
+def _tracker_tag(folder: str) -> Optional[str]:
+    try:
+        return read_tracker(folder)[0]
+    except (CheckpointError, OSError):
+        return None
+
+
+def check_empty_load_folder(load_dir: str, finetune: bool) -> None:
+    """A --load folder without a tracker starts from scratch (the original's rule, which lets a
+    job pass the same --load before and after its first checkpoint) only when it holds nothing
+    else: the --save root or any other folder by mistake is refused in one line."""
+    names = sorted(os.listdir(load_dir))
+    runs = [n for n in names if os.path.isdir(os.path.join(load_dir, n)) and _tracker_tag(os.path.join(load_dir, n))]
+    if runs:
+        raise CheckpointError(
+            f"--load {load_dir} holds no checkpoint itself, but its folders {', '.join(runs[:3])}"
+            f"{' ...' if len(runs) > 3 else ''} do: pass one of them, e.g. --load {os.path.join(load_dir, runs[-1])}"
+        )
+    if finetune:
+        raise CheckpointError(f"--load {load_dir}: no checkpoint ({TRACKER_FILENAME}) to take --finetune weights from")
+    other = [n for n in names if not (n.startswith(".") or n.isdigit() or n in ("release", MODEL_CONFIG_FILENAME))]
+    if other:
+        raise CheckpointError(
+            f"--load {load_dir} holds no checkpoint ({TRACKER_FILENAME}) but other files "
+            f"({', '.join(other[:3])}{' ...' if len(other) > 3 else ''}): point --load at a run folder, "
+            "or at an empty folder to start from scratch"
+        )
+
+
 def load_training_checkpoint(load_dir: str, backend, scheduler, args) -> Tuple[int, int, int]:
     """Restore what the flags ask for; returns (iteration, data_position, skipped_steps).
 
@@ -224,7 +318,8 @@ def load_training_checkpoint(load_dir: str, backend, scheduler, args) -> Tuple[i
     tag, release = read_tracker(load_dir) if os.path.isdir(load_dir) else (None, False)
     if tag is None:
         if os.path.isdir(load_dir):
-            print(f"WARNING: no {TRACKER_FILENAME} in {load_dir}; training starts from scratch", flush=True)
+            check_empty_load_folder(load_dir, args.finetune)
+            _print0(f"WARNING: no {TRACKER_FILENAME} in {load_dir}; training starts from scratch")
             return 0, 0, 0
         raise CheckpointError(f"--load {load_dir}: no such checkpoint folder")
     mp_rank = mpu.get_model_parallel_rank()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Iterable, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -99,3 +99,23 @@ def all_reduce_mean(values: torch.Tensor, group=None) -> torch.Tensor:
     values = values.clone()
     dist.all_reduce(values, group=group)
     return values / dist.get_world_size(group=group)
+
+
+def any_rank(flags: Sequence[int], device: torch.device) -> List[int]:
+    """Element-wise maximum of ``flags`` over every rank (a collective: all ranks call it at the
+    same point); identity in a single process. The loop's per-step stop check."""
+    if not dist.is_initialized():
+        return [int(f) for f in flags]
+    values = torch.tensor([int(f) for f in flags], dtype=torch.int64, device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [int(v) for v in values.tolist()]
+
+
+def first_message(message: Optional[str]) -> Optional[str]:
+    """The first non-empty ``message`` over all ranks, on every rank (a collective), so a
+    failure seen by one rank stops all of them with the same words."""
+    if not dist.is_initialized():
+        return message
+    gathered: List[Optional[str]] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, message)
+    return next((m for m in gathered if m), None)

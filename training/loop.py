@@ -3,21 +3,37 @@
 One iteration = one micro-batch: forward, loss reduced over the data-parallel
 ranks (a NaN/inf loss skips the step on every rank), backward, clipped optimizer
 step, lr-scheduler step when the optimizer step was applied.
+
+Before each step all ranks agree (one small all-reduce) whether to stop: a SIGTERM /
+SIGINT arrived (training.signals) or a batch held a row that cannot be used
+(data_utils.datasets.DataError). Either way every rank saves the checkpoint of the
+last completed iteration, then the run ends with one line (TrainingStopped).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 
 from arch import mpu
-from data_utils.datasets import uses_roi2_positions
+from data_utils.datasets import DataError, data_error_line, uses_roi2_positions
 
-from .distributed import all_reduce_mean
+from .distributed import all_reduce_mean, any_rank, first_message
 from .loss import Batch, forward_step, get_batch
+from .signals import StopOnSignal, signal_name
+
+
+class TrainingStopped(Exception):
+    """The loop stopped before --train-iters after saving what it could: the message is the
+    run's last line, ``exit_code`` the process's (1 for bad data, 128 + signal number for a
+    signal). Raised on every rank with the same message."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class BatchStream:
@@ -56,8 +72,18 @@ class TrainState:
 class Trainer:
     """Holds what a step needs: back end, scheduler, batch settings, logger, save hook."""
 
-    def __init__(self, args, backend, scheduler, tokenizer, logger, save_fn: Callable[[int, int, int], None]):
+    def __init__(
+        self,
+        args,
+        backend,
+        scheduler,
+        tokenizer,
+        logger,
+        save_fn: Callable[[int, int, int], None],
+        stop: Optional[StopOnSignal] = None,
+    ):
         self.args = args
+        self.stop = stop
         self.backend = backend
         self.scheduler = scheduler
         self.logger = logger
@@ -109,30 +135,87 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader, max_iters: int) -> float:
-        """Mean loss over up to ``max_iters`` batches from the start of ``loader``, dense attention."""
+        """Mean loss over up to ``max_iters`` batches from the start of ``loader``, dense attention.
+
+        A row that cannot be used raises DataError on every rank (the flag travels with the loss)."""
         self.backend.eval()
         total, n = 0.0, 0
-        for i, data in enumerate(loader):
-            if i >= max_iters:
+        it = iter(loader)
+        for _ in range(max_iters):
+            error = None
+            try:
+                data = next(it)
+            except StopIteration:
                 break
-            batch = self.make_batch(data)
-            with self.backend.autocast():
-                out, _ = forward_step(self.backend.model, batch, self.args.txt_loss_scale, 0)
-            total += float(all_reduce_mean(out.loss.detach().float().view(1), self.dp_group))
+            except DataError as exc:
+                data, error = None, data_error_line(exc)
+            loss = torch.zeros((), device=self.backend.device)
+            if data is not None:
+                batch = self.make_batch(data)
+                with self.backend.autocast():
+                    out, _ = forward_step(self.backend.model, batch, self.args.txt_loss_scale, 0)
+                loss = out.loss.detach().float()
+            reduced = all_reduce_mean(
+                torch.stack([loss.float(), torch.tensor(float(error is not None), device=loss.device)]), self.dp_group
+            )
+            if float(reduced[1]) > 0:
+                self.backend.train()
+                raise DataError(first_message(error) or "a validation row on another rank cannot be used")
+            total += float(reduced[0])
             n += 1
         self.backend.train()
         return total / max(n, 1)
 
+    def next_batch(self, stream: BatchStream, iteration: int) -> Tuple[Optional[dict], Optional[str]]:
+        """(batch, None), or (None, one-line message) when the batch holds a row that cannot be used."""
+        try:
+            if self.args.new_dataset_path and iteration % 100 == 0:
+                self.poll_new_data(stream)
+            return next(stream), None
+        except DataError as exc:
+            return None, data_error_line(exc)
+
+    def stop_requested(self, data_error: Optional[str]) -> Tuple[int, Optional[str]]:
+        """(signal number or 0, data error message or None), the same on every rank."""
+        signum = self.stop.signum if self.stop is not None else 0
+        signum, bad = any_rank([signum, data_error is not None], self.backend.device)
+        if bad:
+            data_error = first_message(data_error) or "a training row on another rank cannot be used"
+        return signum, (data_error if bad else None)
+
+    def save_before_stop(self, state: TrainState, data_position: int, last_saved: int) -> str:
+        """Save the last completed iteration (unless it is saved already); returns what is kept."""
+        args = self.args
+        if not args.save:
+            return f"no --save given: the {state.iteration} iterations are not saved"
+        if state.iteration == last_saved:
+            if state.iteration == 0:
+                return "nothing to save before the first step"
+            return f"the checkpoint of iteration {state.iteration} is in {args.save}"
+        self.save_fn(state.iteration, data_position, state.skipped_steps)
+        return f"checkpoint of iteration {state.iteration} saved in {args.save} (resume: --load {args.save})"
+
     def train(self, stream: BatchStream, state: TrainState, valid_loader=None) -> bool:
-        """Run to --train-iters; False when --exit-interval stopped it early."""
+        """Run to --train-iters; False when --exit-interval stopped it early; TrainingStopped
+        (after a checkpoint) for a signal or a row that cannot be used."""
         args = self.args
         self.backend.train()
         last_saved = state.iteration
         while state.iteration < args.train_iters:
-            if args.new_dataset_path and state.iteration % 100 == 0:
-                self.poll_new_data(stream)
+            data, data_error = self.next_batch(stream, state.iteration)
+            signum, data_error = self.stop_requested(data_error)
+            if data_error or signum:
+                # a batch taken but not trained on is not counted, so a resume takes it again
+                position = stream.position - (1 if data is not None else 0)
+                kept = self.save_before_stop(state, position, last_saved)
+                if data_error:
+                    raise TrainingStopped(f"error: {data_error}; stopped at iteration {state.iteration}: {kept}", 1)
+                raise TrainingStopped(
+                    f"pretrain_gpt2.py: stopped by {signal_name(signum)} at iteration {state.iteration}: {kept}",
+                    128 + signum,
+                )
             lr = self.backend.optimizer.param_groups[0]["lr"]
-            loss, img_loss, txt_loss, tokens, skipped = self.train_step(next(stream))
+            loss, img_loss, txt_loss, tokens, skipped = self.train_step(data)
             state.iteration += 1
             state.skipped_steps += int(skipped)
             state.losses.append(loss)
@@ -151,7 +234,13 @@ class Trainer:
                 self.save_fn(state.iteration, stream.position, state.skipped_steps)
                 last_saved = state.iteration
             if valid_loader is not None and args.eval_interval and state.iteration % args.eval_interval == 0:
-                self.logger.validation(state.iteration, self.evaluate(valid_loader, args.eval_iters))
+                try:
+                    self.logger.validation(state.iteration, self.evaluate(valid_loader, args.eval_iters))
+                except DataError as exc:
+                    kept = self.save_before_stop(state, stream.position, last_saved)
+                    raise TrainingStopped(
+                        f"error: {data_error_line(exc)}; stopped at iteration {state.iteration}: {kept}", 1
+                    ) from None
             if args.exit_interval and state.iteration % args.exit_interval == 0:
                 self.logger.print(f" exiting at iteration {state.iteration} (--exit-interval)")
                 return False

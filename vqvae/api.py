@@ -101,6 +101,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     path = _resolve(os.fspath(path))
     if not os.path.exists(path):
         raise ValueError(f"cannot load VQ-VAE from {path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(b"PK\x03\x04") and head[:1] != b"\x80":  # neither torch.save's zip nor a pickle
+        kind = "an empty file" if not head else "not a zip/pickle file torch can read"
+        kind = f"not a readable torch checkpoint ({kind})"
+        raise ValueError(f"cannot load VQ-VAE from {path}: {kind}; pass --img-tokenizer-path a VQ-VAE checkpoint (.pt)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated / foreign files
