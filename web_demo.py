@@ -684,7 +684,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--max-upload", default="10mb", help="largest upload accepted")
     args = p.parse_args(argv)
     for name in ("queue_size", "concurrency", "max_images"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) < 1:  # the flags just declared, looked up by name
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
 

@@ -59,7 +59,7 @@ def _print0(message: str) -> None:
 
 def model_shape_args(args) -> dict:
     """The MODEL_SHAPE_FLAGS values, stored in each checkpoint to name a mismatch on loading."""
-    return {name: int(getattr(args, name)) for name in MODEL_SHAPE_FLAGS}
+    return {name: int(getattr(args, name)) for name in MODEL_SHAPE_FLAGS}  # declared flags, looked up by name
 
 
 def model_config_from_args(folder: str, args) -> dict:
@@ -83,7 +83,7 @@ def check_model_shape_args(stored: Optional[dict], args, source: str) -> None:
     if not stored:
         return
     for name in (n for n in MODEL_SHAPE_FLAGS if n in stored):  # other keys are not flags
-        value, current = stored[name], getattr(args, name)
+        value, current = stored[name], getattr(args, name)  # a declared flag, looked up by name
         if int(current) != int(value):
             flag = "--" + name.replace("_", "-")
             hint = {

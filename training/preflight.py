@@ -22,7 +22,7 @@ def check_training_args(args) -> None:
     """ValueError naming the first training flag whose value cannot mean anything."""
 
     def number(name: str) -> float:
-        return getattr(args, name.lstrip("-").replace("-", "_"))
+        return getattr(args, name.lstrip("-").replace("-", "_"))  # a declared flag, looked up by its name
 
     for flag in ("--train-iters", "--eval-iters", "--eval-interval"):
         if number(flag) < 0:
