@@ -122,3 +122,25 @@ def remove_stale_temps(folder: PathLike, name: str | None = None) -> list[str]:
             os.remove(path)
             removed.append(path)
     return removed
+
+
+PROBE_PREFIX = ".write-probe-"
+
+
+def probe_writable(folder: PathLike, size: int = 4096) -> None:
+    """Create ``folder``, then write, fsync and remove a small probe file in it.
+
+    Raises the OSError a read-only mount, a file in the way or a full disk gives, at start-up,
+    so a run stops before any work whose output could not be written."""
+    os.makedirs(folder, exist_ok=True)
+    probe = os.path.join(folder, f"{PROBE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        try:
+            os.write(fd, b"\0" * size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(probe)

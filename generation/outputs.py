@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import tempfile
 import time
 from typing import List
 
 import torch
 import torch.nn.functional as F
 
+from common.fileio import probe_writable
 from vqvae import save_image
 
 
@@ -38,13 +38,7 @@ def check_output_folder(path: str, flag: str = "--output-path") -> None:
     except OSError as exc:
         raise OutputError(f"{flag} {path}: cannot create it ({_reason(exc)}); pass a folder you can write to") from None
     try:
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
-        try:
-            os.write(fd, b"probe")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.remove(probe)
+        probe_writable(path)
     except OSError as exc:
         raise OutputError(
             f"{flag} {path}: cannot write there ({_reason(exc)}); pass a folder you can write to"

@@ -26,6 +26,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from common.fileio import probe_writable
 from data_utils.lmdb_writer import LMDBWriter
 from data_utils.sp_tokenizer import SentencePieceTokenizer, TextTokenizerError, resolve_txt_tokenizer_path
 from data_utils.unified_tokenizer import SIZE_TOKENS, UnifiedTokenizer
@@ -203,17 +204,8 @@ def _prepare_output(cfg: PreprocessConfig, report: str) -> None:
 def _check_writable(output: str, folder: str) -> None:
     """Write, fsync and remove a probe file, so a read-only or full disk stops the run before
     any image is encoded."""
-    probe = os.path.join(folder, f".write-probe-{os.getpid()}")
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        try:
-            os.write(fd, b"\0" * 4096)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(probe)
+        probe_writable(folder)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise SetupError(f"--output {output}: no space left on the disk of {folder}") from None

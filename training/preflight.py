@@ -13,9 +13,7 @@ import os
 import shutil
 from typing import List, Optional, Tuple
 
-from common.fileio import remove_stale_temps
-
-PROBE_PREFIX = ".write-probe-"
+from common.fileio import probe_writable, remove_stale_temps
 
 
 def check_training_args(args) -> None:
@@ -89,17 +87,8 @@ def save_location_error(save_root: str, folder: str, exc: OSError) -> str:
 
 def check_writable(save_root: str, folder: str, rank: int) -> Optional[str]:
     """Create ``folder`` and write, fsync and remove a small probe file there; the error line, or None."""
-    probe = os.path.join(folder, f"{PROBE_PREFIX}{os.getpid()}-{rank}")
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        try:
-            os.write(fd, b"\0" * 4096)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(probe)
+        probe_writable(folder)
     except OSError as exc:
         return save_location_error(save_root, folder, exc)
     return None
