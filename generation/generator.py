@@ -246,28 +246,33 @@ class Generator:
         where = self.save(query, images, extra_first=[decoded[0].float().cpu()] if self.cfg.debug else [])
         self.report(query, len(images), time.time() - start, where)
 
-    def super_resolution(self, query: Query) -> None:
-        text, path = query.fields
-        # the model never sees the whole low-res image, only magnify's window sequences
+    def sr_query(self, text: str, path: str) -> Tuple[List[int], torch.Tensor]:
+        """(prefix up to [BOI1], low-res codes) of a super-resolution query. The model never
+        sees the whole low-res image, only magnify's window sequences, so one window is what
+        has to fit its positions."""
         ids = self.sr_text(self.parse(task_template("super-resolution", self.grid).format(text, path), check=False))
         boi = ids.index(self.tokenizer["[BOI1]"])
         prefix, low = ids[: boi + 1], torch.tensor(ids[boi + 1 :])
-        window, stride = sr_window(self.grid)
+        window, _ = sr_window(self.grid)
         one_window = (
             prefix + [0] * window**2 + [self.tokenizer[t] for t in sr_middle_tokens(window)] + [-1] * (2 * window) ** 2
         )
         check_positions(one_window, self.roi2_id, self.max_positions)
+        return prefix, low
+
+    def magnify_codes(self, prefix: List[int], low: torch.Tensor, desc: str = "window") -> torch.Tensor:
+        """One sample of the 2x code grid, window by window (generation/magnify.py)."""
+        window, stride = sr_window(self.grid)
+        sample = lambda seq: self.sample(seq, batch_size=1, desc=desc)  # noqa: E731
+        return magnify(low, prefix, sample, self.tokenizer.command_tokens, window=window, stride=stride)
+
+    def super_resolution(self, query: Query) -> None:
+        text, path = query.fields
+        prefix, low = self.sr_query(text, path)
         start = time.time()
         images = []
         for _ in range(self.cfg.batch_size):
-            hi = magnify(
-                low,
-                prefix,
-                lambda seq: self.sample(seq, batch_size=1, desc="window"),
-                self.tokenizer.command_tokens,
-                window=window,
-                stride=stride,
-            )
+            hi = self.magnify_codes(prefix, low)
             images.append(self.tokenizer.img_tokenizer.DecodeIds(hi[0]).float().cpu())
         side = images[0].size(-1)
         extra = [to_side(self.tokenizer.img_tokenizer.DecodeIds(low).float().cpu(), side)] if self.cfg.debug else []

@@ -28,7 +28,6 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from vqvae.image_io import center_crop, open_image, resize_shorter
 
 from .generator import Generator
-from .magnify import magnify, sr_middle_tokens, sr_window
 from .post_selection import inverse_prompt_score
 from .queries import QueryError, check_positions, parse_region, region_mask, task_template
 from .sampling import count_to_generate
@@ -222,21 +221,9 @@ def super_resolution(
     for one sample: img_size -> 2 x img_size."""
     text = clean_text(text, "caption")
     t = gen.tokenizer
-    ids = gen.sr_text(gen.parse(task_template("super-resolution", gen.grid).format(text, image_path), check=False))
-    boi = ids.index(t["[BOI1]"])
-    prefix, low = ids[: boi + 1], torch.tensor(ids[boi + 1 :])
-    window, stride = sr_window(gen.grid)
-    one_window = prefix + [0] * window**2 + [t[name] for name in sr_middle_tokens(window)] + [-1] * (2 * window) ** 2
-    check_positions(one_window, gen.roi2_id, gen.max_positions)
+    prefix, low = gen.sr_query(text, image_path)
     request = for_request(gen, seed, (2 * gen.grid) ** 2, on_progress)
-    hi = magnify(
-        low,
-        prefix,
-        lambda seq: request.sample(seq, batch_size=1, desc="web window"),
-        t.command_tokens,
-        window=window,
-        stride=stride,
-    )
+    hi = request.magnify_codes(prefix, low, desc="web window")
     return to_uint8(t.img_tokenizer.DecodeIds(hi[0]))
 
 
