@@ -322,6 +322,23 @@ def add_text_generate_args(parser: argparse.ArgumentParser) -> None:
         "input at half this size",
     )
     group.add_argument(
+        "--quantize",
+        type=str,
+        default="none",
+        choices=["none", "int8"],
+        help="(new) int8: the transformer's linear layers as int8 weights with one scale per "
+        "output channel (weight-only, as torchao's/bitsandbytes' int8): half the memory of "
+        "--bf16/--fp16 and faster decoding on CPU; activations keep --bf16/--fp16/float32",
+    )
+    group.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="(new) CPU threads for sampling; 0 (default): OMP_NUM_THREADS when set, else "
+        "chosen while sampling by timing steps on 1 and on every core (one thread is faster "
+        "beside a busy process)",
+    )
+    group.add_argument(
         "--sampler",
         type=str,
         default="kv-cache",

@@ -28,6 +28,7 @@ from torch import nn
 from common.fileio import remove_stale_temps, torch_save_atomic, write_text_atomic
 
 from .mpu.layers import strided_rows
+from .quantize import is_scale_key
 
 TRACKER_FILENAME = "latest_checkpointed_iteration.txt"
 DEEPSPEED_TAG_FILENAME = "latest"
@@ -123,9 +124,10 @@ def _not_a_checkpoint(file: str, kind: str, exc: BaseException) -> CheckpointErr
     )
 
 
-def _torch_load(file: str, trust: bool):
+def torch_load_checkpoint(file: str, trust: bool, mmap: bool = False):
     """torch.load with weights_only=True; ``trust`` allows full unpickling of a file the safe
-    loader refuses for its pickled globals (never of one that is not a checkpoint at all)."""
+    loader refuses for its pickled globals (never of one that is not a checkpoint at all).
+    ``mmap`` maps the tensors' bytes instead of reading them (zip files only)."""
     try:
         kind = file_kind(file)
     except OSError as exc:
@@ -133,7 +135,7 @@ def _torch_load(file: str, trust: bool):
     if kind in ("empty", "other"):
         raise _not_a_checkpoint(file, kind, ValueError())
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         name = refused_global(str(exc))
         if name is None:  # the safe loader stopped on the file's structure, not on a global
@@ -154,7 +156,7 @@ def _torch_load(file: str, trust: bool):
     except Exception as exc:  # noqa: BLE001 - whatever a broken file raises, report it in one line
         raise _not_a_checkpoint(file, kind, exc) from None
     try:
-        return torch.load(file, map_location="cpu", weights_only=False)
+        return torch.load(file, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file here
         raise CheckpointError(
             f"{file}: cannot be loaded ({exc}); safe loader said: {str(first_error).splitlines()[0]}"
@@ -183,24 +185,29 @@ def load_checkpoint_state(
     Raises CheckpointError with a one-line message naming the file.
     """
     file = resolve_checkpoint_file(path, mp_rank)
-    state = extract_module_state(_torch_load(file, trust), file)
+    state = extract_module_state(torch_load_checkpoint(file, trust), file)
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     return state
 
 
 def load_full_checkpoint(path: str, trust: bool = False, mp_rank: int = 0) -> dict:
-    """The whole checkpoint dict (module, optimizer, scheduler, RNG, iteration...)."""
+    """The whole checkpoint dict (module, optimizer, scheduler, RNG, iteration...).
+
+    Zip files are memory-mapped: the tensors are copied once, into the model and optimizer,
+    instead of being read into memory first."""
     file = resolve_checkpoint_file(path, mp_rank)
-    obj = _torch_load(file, trust)
+    obj = torch_load_checkpoint(file, trust, mmap=file_kind(file) == "zip")
     if not isinstance(obj, dict):
         raise CheckpointError(f"{file}: expected a checkpoint dict")
     return obj
 
 
 def check_state_dict(model: nn.Module, state: StateDict, source: str) -> None:
-    """Raise CheckpointError naming the first missing, unexpected or mis-shaped key."""
-    expected = model.state_dict()
+    """Raise CheckpointError naming the first missing, unexpected or mis-shaped key.
+
+    The per-row scales of an int8-quantised model are derived, never in a checkpoint."""
+    expected = {k: v for k, v in model.state_dict().items() if not is_scale_key(k)}
     if state and not set(state) & set(expected):
         raise CheckpointError(
             f"{source}: holds no CogView GPT weights (none of its {len(state)} keys, e.g. {next(iter(state))}, "
@@ -224,14 +231,6 @@ def check_state_dict(model: nn.Module, state: StateDict, source: str) -> None:
             raise CheckpointError(
                 f"{source}: unexpected key {key} {tuple(value.shape)} in the checkpoint; do --num-layers etc. match it?"
             )
-
-
-def load_model_weights(model: nn.Module, path: str, trust: bool = False, mp_rank: int = 0) -> None:
-    """Strict load with a one-line error for any mismatch."""
-    param = next(model.parameters())
-    state = load_checkpoint_state(path, dtype=param.dtype, trust=trust, mp_rank=mp_rank)
-    check_state_dict(model, state, resolve_checkpoint_file(path, mp_rank))
-    model.load_state_dict(state, strict=True)
 
 
 def save_checkpoint(
@@ -265,7 +264,7 @@ def save_checkpoint(
 # ---------------------------------------------------------------- model parallel split / merge
 
 
-def _split_rule(key: str) -> Tuple[Optional[int], int]:
+def split_rule(key: str) -> Tuple[Optional[int], int]:
     """(dim to split or None if replicated, stride) for a GPT2Model key."""
     if key == "word_embeddings.weight":
         return 0, 1
@@ -282,7 +281,7 @@ def split_model_parallel_state(state: StateDict, model_parallel_size: int) -> Li
     """Cut a full state dict into the per-rank states of the original mpu layout."""
     parts: List[StateDict] = [dict() for _ in range(model_parallel_size)]
     for key, value in state.items():
-        dim, stride = _split_rule(key)
+        dim, stride = split_rule(key)
         for rank in range(model_parallel_size):
             if dim is None:
                 parts[rank][key] = value.clone()
@@ -298,7 +297,7 @@ def merge_model_parallel_states(states: List[StateDict]) -> StateDict:
     world = len(states)
     merged: StateDict = {}
     for key in states[0]:
-        dim, stride = _split_rule(key)
+        dim, stride = split_rule(key)
         if dim is None or world == 1:
             merged[key] = states[0][key].clone()
             continue

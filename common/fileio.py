@@ -22,7 +22,7 @@ import contextlib
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 PathLike = str | os.PathLike[str]
@@ -97,6 +97,15 @@ def torch_save_atomic(obj: Any, path: PathLike) -> None:
     import torch  # here, so the text helpers do not pay for importing torch
 
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save_safetensors_atomic(
+    tensors: Mapping[str, Any], path: PathLike, metadata: Mapping[str, str] | None = None
+) -> None:
+    """Atomically replace ``path`` with a safetensors file of ``tensors`` (+ string ``metadata``)."""
+    from safetensors.torch import save_file
+
+    atomic_write(path, lambda tmp: save_file(dict(tensors), tmp, metadata=dict(metadata or {})))
 
 
 def remove_stale_temps(folder: PathLike, name: str | None = None) -> list[str]:

@@ -34,6 +34,10 @@ class GenerationConfig:
     """torch device string (cpu, cuda, cuda:N), as arguments.parse_device resolved it."""
     dtype: str
     """Weights' dtype name: float32, float16 (--fp16) or bfloat16 (--bf16)."""
+    quantize: str
+    """--quantize: none, or int8 (weight-only, per-channel scales) for the linear layers."""
+    threads: int
+    """--threads: CPU threads for sampling; 0 = OMP_NUM_THREADS or chosen by timing steps."""
     seed: int
     """Seeds python, numpy, torch and the sampler's generator."""
     rank: int
@@ -154,6 +158,8 @@ class GenerationConfig:
         for key in ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{self.describe(key)} must be at least 1")
+        if self.threads < 0:
+            raise ValueError(f"--threads {self.threads} must be 0 (choose by timing) or a thread count")
         if not math.isfinite(self.temperature):
             raise ValueError(f"--temperature {self.temperature} must be a finite number > 0")
         numbers = {"--caption-rerank-weight": self.caption_rerank_weight}
@@ -221,6 +227,8 @@ class GenerationConfig:
             task=args.generation_task,
             device=args.device,
             dtype=args.dtype,
+            quantize=args.quantize,
+            threads=args.threads,
             seed=args.seed,
             rank=args.rank,
             world_size=args.world_size,

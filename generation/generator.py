@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from arch import CheckpointError
-from arch.checkpoint import resolve_checkpoint_file
+from arch.lean_load import resolve_weights_file
 from common.dtypes import DTYPES
 
 from .config import GenerationConfig
@@ -38,6 +38,7 @@ from .queries import (
     task_template,
 )
 from .sampling import Guidance, SamplingConfig, TokenLayout, count_to_generate, generate_in_chunks
+from .threads import decoding_threads
 
 
 class Generator:
@@ -56,6 +57,8 @@ class Generator:
         self.roi2_id = tokenizer["[ROI2]"] if self.roi2_restart else None  # for check_positions
         # called with the rows sampled at each position, beside the terminal bar (the web page's bar)
         self.on_token: Optional[Callable[[int], None]] = None
+        # CPU threads of decoding steps: --threads, OMP_NUM_THREADS, else chosen by timing
+        self.step_threads = decoding_threads(cfg.device, cfg.threads)
 
     # ---- helpers ------------------------------------------------------------------------
     def parse(self, text: str, img_size: Optional[int] = None, check: bool = True) -> List[int]:
@@ -116,6 +119,7 @@ class Generator:
                 on_token=tick,
                 guidance=guidance,
                 roi2_restart=self.roi2_restart,
+                threads=self.step_threads,
             )
         finally:
             bar.close()
@@ -341,7 +345,7 @@ def setup(cfg: GenerationConfig):
     torch.manual_seed(cfg.seed)
     if not cfg.load:
         raise CheckpointError("no checkpoint: pass --load (e.g. pretrained/cogview/cogview-demo)")
-    resolve_checkpoint_file(cfg.load)  # a missing or empty folder is named before its tokenizers
+    resolve_weights_file(cfg.load)  # a missing or empty folder is named before its tokenizers
     check_input_source(cfg.input_source)
     cfg.check_tokenizer_paths()
     if cfg.task == "raw":
@@ -363,7 +367,7 @@ def setup(cfg: GenerationConfig):
         raise
     grid = check_image_size(cfg, tokenizer)
     vocab = tokenizer.padded_vocab_size(cfg.make_vocab_size_divisible_by, 1)
-    model = load_generation_model(cfg, vocab)
+    model = load_generation_model(cfg, vocab, free_memory_bytes(cfg.device))
     check_image_fits(cfg, grid)  # after the weights, so a broken checkpoint is named first
     check_memory(cfg)
     return tokenizer, model

@@ -20,6 +20,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .threads import StepThreads
+
 NO_ROI2 = 100000
 
 
@@ -171,10 +173,11 @@ class _Runner:
     recomputed each step (the plain reference).
     """
 
-    def __init__(self, model, mode: str, length: int = 0):
+    def __init__(self, model, mode: str, length: int = 0, threads: Optional[StepThreads] = None):
         if mode not in ("kv-cache", "mems", "full"):
             raise ValueError(f"unknown sampler {mode!r}: use kv-cache, mems or full")
         self.model, self.mode = model, mode
+        self.threads = threads  # picks the thread count of one-token steps (generation/threads.py)
         self.cache = model.new_kv_cache(length) if mode == "kv-cache" else None
         self.mems: List[torch.Tensor] = []
         self.fed = 0
@@ -190,13 +193,18 @@ class _Runner:
         ids = tokens[:, start:end]
         pos = _positions(start, end, roi2_offset)
         mask = torch.ones(1, 1, end, end, device=device).tril_() if start == 0 else 0
-        if self.mode == "kv-cache":
-            logits, *_ = self.model(ids, pos, mask, kv_cache=self.cache, last_only=True, vocab_range=vocab_range)
-        elif self.mode == "mems":
-            logits, *self.mems = self.model(ids, pos, mask, None, None, 0, *self.mems)
-            logits = logits[..., vocab_range[0] : vocab_range[1]]
-        else:
-            logits, *_ = self.model(ids, pos, mask, last_only=True, vocab_range=vocab_range)
+
+        def step() -> torch.Tensor:
+            if self.mode == "kv-cache":
+                logits, *_ = self.model(ids, pos, mask, kv_cache=self.cache, last_only=True, vocab_range=vocab_range)
+            elif self.mode == "mems":
+                logits, *self.mems = self.model(ids, pos, mask, None, None, 0, *self.mems)
+                logits = logits[..., vocab_range[0] : vocab_range[1]]
+            else:
+                logits, *_ = self.model(ids, pos, mask, last_only=True, vocab_range=vocab_range)
+            return logits
+
+        logits = self.threads.run(step) if self.threads is not None and end - start == 1 else step()
         self.fed = end
         return logits[:, -1]
 
@@ -222,6 +230,7 @@ def filling_sequence(
     return_scores: bool = False,
     guidance: Optional[Guidance] = None,
     roi2_restart: bool = True,
+    threads: Optional[StepThreads] = None,
 ):
     """Fill every -1 of ``seq`` for ``batch_size`` samples; returns [batch_size, len(seq)] ids.
 
@@ -230,7 +239,8 @@ def filling_sequence(
     models trained so); False keeps counting, for a model whose position table covers
     the whole sequence and that was trained that way (model_config.json says which).
     With ``return_scores`` also returns the summed log-probability of each sample (of
-    the distribution sampled from: the guided one under ``guidance``).
+    the distribution sampled from: the guided one under ``guidance``).  ``threads``
+    chooses the CPU thread count of one-token steps by timing them.
     """
     known = [int(t) for t in seq]
     length = len(known)
@@ -245,12 +255,12 @@ def filling_sequence(
             )
         shift = guidance.start - len(guidance.prefix)  # position in seq - position in the prior's sequence
         prior_prefix = torch.tensor([list(guidance.prefix)], dtype=torch.long, device=device).view(1, -1)
-        prior = _Runner(model, sampler, length - shift)
+        prior = _Runner(model, sampler, length - shift, threads)
         no_offset = torch.full((1,), NO_ROI2, dtype=torch.long, device=device)
     modes = _Modes(layout)
     roi2 = layout.command_tokens.get("[ROI2]") if roi2_restart else None  # None: no offsets
     first_command = layout.num_image_tokens + layout.num_text_tokens
-    runner = _Runner(model, sampler, length)
+    runner = _Runner(model, sampler, length, threads)
     tokens = torch.tensor([max(t, 0) for t in known], dtype=torch.long, device=device).unsqueeze(0)
     mode = modes.text
     offset = torch.full((1,), NO_ROI2, dtype=torch.long, device=device)

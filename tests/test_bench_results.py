@@ -13,6 +13,8 @@ SCRIPTS = (
     "bench.bench_preprocess",
     "bench/bench_training.py",
     "bench/bench_sampler.py",
+    "bench/bench_big.py",
+    "bench/bench_threads.py",
     "eval_demo.sh",
 )
 

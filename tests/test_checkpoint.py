@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from arch import CheckpointError, GPT2Model, load_checkpoint_state, read_tracker, save_checkpoint
-from arch.checkpoint import check_state_dict, load_model_weights
+from arch.checkpoint import check_state_dict
+from arch.lean_load import load_model_weights
 
 
 def tiny_model(layers=2, hidden=32):

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from arch import mpu
-from arch.checkpoint import _split_rule
+from arch.checkpoint import split_rule
 
 
 def setup_device(args) -> torch.device:
@@ -58,7 +58,7 @@ def set_random_seed(seed: int) -> None:
 
 def is_model_parallel_split(name: str) -> bool:
     """True for parameters whose slices differ between model-parallel ranks."""
-    return _split_rule(name)[0] is not None
+    return split_rule(name)[0] is not None
 
 
 def grad_norm_sq(named_params: Iterable[Tuple[str, nn.Parameter]]) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -101,6 +102,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     path = _resolve(os.fspath(path))
     if not os.path.exists(path):
         raise ValueError(f"cannot load VQ-VAE from {path}: no such file")
+    if path.endswith(".safetensors"):  # python -m arch.convert_checkpoint: no pickle to run
+        return _read_safetensors(path)
     with open(path, "rb") as f:
         head = f.read(4)
     if not head.startswith(b"PK\x03\x04") and head[:1] != b"\x80":  # neither torch.save's zip nor a pickle
@@ -132,6 +135,22 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module.") :]: v for k, v in sd.items()}
     return dict(sd), config, obj
+
+
+def _read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict | None, Any]:
+    """read_checkpoint for a safetensors file; its stored config is the metadata's JSON ``config``."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = f.metadata() or {}
+        config = json.loads(metadata["config"]) if "config" in metadata else None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(
+            f"cannot load VQ-VAE from {path}: not a readable safetensors file ({_one_line(exc)})"
+        ) from None
+    return sd, config, sd
 
 
 def infer_config(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..quantize import SCALE_SUFFIX, int8_linear
 from .initialize import get_model_parallel_rank, get_model_parallel_world_size
 from .mappings import (
     copy_to_model_parallel_region,
@@ -26,28 +27,41 @@ InitMethod = Callable[[torch.Tensor], torch.Tensor]
 
 
 SKINNY_ROWS = 16
+# dtypes whose batched GEMM streams a weight faster than F.linear (fp16's is slower on CPU)
+_BATCHED_GEMM_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, scale: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """``F.linear``, with a faster kernel choice for decoding on CPU.
+
+    An int8 ``weight`` (``--quantize int8``) comes with its per-row ``scale`` and goes to
+    arch.quantize.int8_linear.
 
     With a handful of rows (one token per sample) a linear layer only streams its
     weight from memory; MKL's skinny-GEMM path does that at about a third of the
     machine's read bandwidth, while a batched GEMM over row blocks of the weight
     (one block per thread) reaches it.  Same maths, summed in a different order;
-    used only without autograd, so training always takes ``F.linear``.
+    used only without autograd, so training always takes ``F.linear``.  Whether this
+    path is taken never depends on the thread count, and each output is summed the same
+    way whatever the number of blocks, so a seed gives the same tokens on any number of
+    threads (generation/threads.py changes it between steps).
     """
-    parts = torch.get_num_threads()
+    if weight.dtype == torch.int8:
+        return int8_linear(x, weight, scale, bias)
     rows = x.numel() // max(1, x.size(-1))
     if (
         x.device.type != "cpu"
-        or parts < 2
+        or weight.dtype not in _BATCHED_GEMM_DTYPES
         or rows > SKINNY_ROWS
         or torch.is_grad_enabled()
-        or weight.size(0) % parts
         or not weight.is_contiguous()
     ):
         return F.linear(x, weight, bias)
+    parts = torch.get_num_threads()
+    if weight.size(0) % parts:
+        parts = 1
     out_features, in_features = weight.shape
     blocks = weight.view(parts, out_features // parts, in_features)
     columns = x.reshape(rows, in_features).t().unsqueeze(0).expand(parts, in_features, rows)
@@ -95,9 +109,10 @@ class ColumnParallelLinear(nn.Module):
             self.bias = nn.Parameter(torch.zeros(self.output_size_per_partition, dtype=dtype))
         else:
             self.register_parameter("bias", None)
+        self.register_buffer(SCALE_SUFFIX, None)  # per-row scales once quantised to int8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = linear(copy_to_model_parallel_region(x), self.weight, self.bias)
+        out = linear(copy_to_model_parallel_region(x), self.weight, self.bias, self.weight_scale)
         return gather_from_model_parallel_region(out) if self.gather_output else out
 
 
@@ -125,11 +140,12 @@ class RowParallelLinear(nn.Module):
             self.bias = nn.Parameter(torch.zeros(output_size, dtype=dtype))
         else:
             self.register_parameter("bias", None)
+        self.register_buffer(SCALE_SUFFIX, None)  # per-row scales once quantised to int8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.input_is_parallel:
             x = scatter_to_model_parallel_region(x)
-        out = reduce_from_model_parallel_region(linear(x, self.weight))
+        out = reduce_from_model_parallel_region(linear(x, self.weight, scale=self.weight_scale))
         return out + self.bias if self.bias is not None else out
 
 
