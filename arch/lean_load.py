@@ -8,9 +8,8 @@ and holding the checkpoint beside it needs three times that.  Here instead:
    its final device;
 2. the checkpoint is read through a memory map, one tensor at a time: each is
    converted (or quantised) straight into its parameter, then its file pages are
-   given back (``madvise(MADV_DONTNEED)`` for the original layout's zip files; for
-   safetensors each tensor has a map of its own, unmapped when it is dropped), so the
-   process never holds more than the model plus one tensor.
+   given back (``madvise(MADV_DONTNEED)``) 64 MB at a time, so the process never holds
+   more than the model plus that much of the file.
 
 Formats: the original layout (``torch.save`` zip files; the legacy pickle format
 cannot be mapped and is read whole) and safetensors (``model.safetensors``, made by
@@ -43,11 +42,12 @@ from .checkpoint import (
 from .config import GPT2Config
 from .model import GPT2Model
 from .mpu.layers import strided_rows
-from .quantize import SCALE_SUFFIX, is_scale_key, quantize_layers_, quantize_rows_into
+from .quantize import SCALE_SUFFIX, quantize_layers_, quantize_rows_into
 
 SAFETENSORS_FILENAME = "model.safetensors"
 SAFETENSORS_SUFFIX = ".safetensors"
 _MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
+_COPY_BYTES = 64 << 20  # a tensor is copied (and its pages given back) this many bytes at a time
 
 
 def is_safetensors(path: str) -> bool:
@@ -123,7 +123,7 @@ class TensorSource:
     def __init__(self, file: str, trust: bool = False):
         self.file = file
         self.whole_model = file.endswith(SAFETENSORS_SUFFIX)
-        self._mapped = False
+        self._mapped = self.whole_model  # safetensors' get_tensor returns a view of its map
         if self.whole_model:
             from safetensors import SafetensorError, safe_open
 
@@ -139,22 +139,21 @@ class TensorSource:
             self.shapes = {k: tuple(v.shape) for k, v in self._state.items()}
 
     def tensors(self) -> Iterator[Tuple[str, torch.Tensor]]:
-        """(key, tensor) in file order; a tensor's memory is given back once the caller moves on."""
+        """(key, tensor) in file order; ``release`` gives a tensor's pages back once copied."""
         if self._state is not None:
             for key in list(self._state):
-                tensor = self._state.pop(key)
-                yield key, tensor
-                if self._mapped:
-                    _release_pages(tensor)
+                yield key, self._state.pop(key)
             return
         from safetensors import safe_open
 
-        for key in self.shapes:
-            # one map per tensor: it is unmapped, its pages given back, once the tensor is dropped
-            with safe_open(self.file, framework="pt") as f:
-                tensor = f.get_tensor(key)
-            yield key, tensor
-            del tensor
+        with safe_open(self.file, framework="pt") as f:  # tensors are views of its map
+            for key in self.shapes:
+                yield key, f.get_tensor(key)
+
+    def release(self, tensor: torch.Tensor) -> None:
+        """Give back the memory of the part of a tensor from ``tensors`` that is copied."""
+        if self._mapped:
+            _release_pages(tensor)
 
 
 @contextmanager
@@ -195,16 +194,27 @@ def load_model_weights(model: nn.Module, path: str, trust: bool = False, mp_rank
             shapes = {k: _rank_shape(k, s) for k, s in shapes.items()}
         check_state_dict(model, {k: torch.empty(s, device="meta") for k, s in shapes.items()}, source.file)
         targets = model.state_dict(keep_vars=True)
-        uncovered = [k for k in targets if k not in shapes and not is_scale_key(k)]
-        if uncovered:  # a buffer the state dict does not hold would stay uninitialised
-            raise CheckpointError(f"{source.file}: holds no {uncovered[0]}")
         for key, tensor in source.tensors():
-            if source.whole_model:
-                tensor = _rank_slice(key, tensor)
+            sliced = _rank_slice(key, tensor) if source.whole_model else tensor
             target = targets[key]
-            if target.dtype == torch.int8 and tensor.is_floating_point():
-                scale = targets[key[: -len("weight")] + SCALE_SUFFIX]
-                quantize_rows_into(tensor, target, scale)
-            else:
-                target.copy_(tensor)
-            del tensor  # the last reference to its mapped pages (safetensors)
+            scale = targets[key[: -len("weight")] + SCALE_SUFFIX] if target.dtype == torch.int8 else None
+            # pages are given back only of the file's own bytes, not of a rank's sliced copy
+            _copy_rows(sliced, target, scale, source.release if sliced is tensor else None)
+            del tensor, sliced  # the last references to its mapped pages
+
+
+def _copy_rows(tensor: torch.Tensor, target: torch.Tensor, scale: Optional[torch.Tensor], release) -> None:
+    """Copy (or, with a ``scale``, quantise) ``tensor`` into ``target`` _COPY_BYTES at a time,
+    calling ``release`` on each block once copied."""
+    if tensor.dim() == 0:
+        target.copy_(tensor)
+        return
+    step = max(1, _COPY_BYTES // max(1, tensor[0].numel() * tensor.element_size()))
+    for start in range(0, tensor.size(0), step):
+        block = tensor[start : start + step]
+        if scale is not None:
+            quantize_rows_into(block, target[start : start + step], scale[start : start + step])
+        else:
+            target[start : start + step].copy_(block)
+        if release is not None and block.is_contiguous():
+            release(block)

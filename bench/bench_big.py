@@ -295,6 +295,7 @@ def main(argv=None) -> None:
     parser.add_argument("--scratch", default="/tmp/cogview-big", help="folder for the random checkpoints (GBs)")
     parser.add_argument("--formats", nargs="+", default=None, help="labels of FORMATS to measure (default: all)")
     parser.add_argument("--image-formats", nargs="+", default=["bf16", "int8"], help="formats timed on a whole image")
+    parser.add_argument("--image-sizes", nargs="+", default=["3.9B"], help="sizes timed on a whole image")
     parser.add_argument("--no-image", action="store_true", help="skip the whole-image runs")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--steps", type=int, default=5)
@@ -322,7 +323,7 @@ def main(argv=None) -> None:
             load = safetensors if source == "safetensors" else folder
             print(f"{size} {label}: loading and timing steps", flush=True)
             r = run_worker(load, dims, dtype, quantize, args.batches, args.steps, args.threads)
-            if not args.no_image and label in args.image_formats:
+            if not args.no_image and label in args.image_formats and size in args.image_sizes:
                 print(f"{size} {label}: one whole image", flush=True)
                 r.update(whole_image(load, dtype, quantize, args.scratch, args.threads))
             print(json.dumps(r), flush=True)

@@ -284,3 +284,19 @@ def test_decoding_logits_do_not_depend_on_the_thread_count(dtype):
     finally:
         torch.set_num_threads(previous)
     assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_rank_slices_a_whole_model_file_as_the_original_split(monkeypatch, rank):
+    """safetensors files hold the whole model: under model parallelism each rank cuts its
+    part the way arch.change_mp's mp_rank_XX files are cut."""
+    import types
+
+    from arch import lean_load
+
+    state = random_model(config()).state_dict()
+    fake = types.SimpleNamespace(get_model_parallel_world_size=lambda: 2, get_model_parallel_rank=lambda: rank)
+    monkeypatch.setattr(lean_load, "mpu", fake)
+    expected = split_model_parallel_state(state, 2)[rank]
+    for key, value in state.items():
+        assert torch.equal(lean_load._rank_slice(key, value), expected[key]), key
