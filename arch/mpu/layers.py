@@ -65,7 +65,8 @@ def linear(
     out_features, in_features = weight.shape
     blocks = weight.view(parts, out_features // parts, in_features)
     columns = x.reshape(rows, in_features).t().unsqueeze(0).expand(parts, in_features, rows)
-    out = torch.bmm(blocks, columns).permute(2, 0, 1).reshape(*x.shape[:-1], out_features)
+    # contiguous: a strided result would send attention (SDPA) to its slow float32 path
+    out = torch.bmm(blocks, columns).permute(2, 0, 1).reshape(*x.shape[:-1], out_features).contiguous()
     return out + bias if bias is not None else out
 
 
