@@ -17,7 +17,8 @@ from .config import GenerationConfig
 
 
 def load_generation_model(config: GenerationConfig, vocab_size: int) -> GPT2Model:
-    """The GPT in eval mode on config.device in config.dtype, weights from config.load (strict).
+    """The GPT (this process's slice of it under model parallelism) in eval mode on
+    config.device in config.dtype, weights from config.load's mp_rank_XX file (strict).
 
     Built on the meta device first, so a 4B-parameter model is not randomly
     initialised just to be overwritten.
@@ -27,5 +28,5 @@ def load_generation_model(config: GenerationConfig, vocab_size: int) -> GPT2Mode
     with torch.device("meta"):
         model = GPT2Model.from_config(config.gpt2_config(vocab_size))
     model = model.to_empty(device=config.device).to(DTYPES[config.dtype])
-    load_model_weights(model, config.load, trust=config.trust_checkpoint)
+    load_model_weights(model, config.load, trust=config.trust_checkpoint, mp_rank=config.model_parallel_rank)
     return model.eval()
