@@ -581,6 +581,7 @@ def get_args(argv: Optional[List[str]] = None, check_shape: bool = True) -> argp
     args.world_size = int(os.getenv("WORLD_SIZE", "1"))
     if args.local_rank is None:
         args.local_rank = int(os.getenv("LOCAL_RANK", "0"))
+    args.requested_model_parallel_size = args.model_parallel_size  # generation refuses what it cannot launch
     args.model_parallel_size = max(1, min(args.model_parallel_size, args.world_size))
     if not args.train_data:
         args.train_data = None

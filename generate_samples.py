@@ -23,6 +23,17 @@ import torch
 from arch import CheckpointError
 from arguments import explicit_dests, get_args
 from generation.config import GenerationConfig
+from generation.distributed import (
+    LaunchError,
+    agree,
+    barrier,
+    end,
+    first_process,
+    launch_error,
+    process_device,
+    start_model_parallel,
+    start_process_group,
+)
 from generation.generator import Generator, check_input_source, setup
 from generation.outputs import OutputError, check_output_folder
 from generation.queries import QueryError, split_line
@@ -117,38 +128,88 @@ def _error(message: object) -> None:
     print(f"generate_samples.py: error: {message}", file=sys.stderr, flush=True)
 
 
+def _start(args: argparse.Namespace, argv: Sequence[str]):
+    """(cfg, this model's input lines or None for the prompt, tokenizer, model); tokenizer and
+    model are None when there is nothing to do. Raises the start-up errors (one line each)."""
+    cfg = load_config(args, argv)
+    if cfg.model_parallel_size > 1:
+        if cfg.input_source == "interactive":
+            raise LaunchError(
+                f"--input-source interactive reads the keyboard in one process; with --model-parallel-size "
+                f"{cfg.model_parallel_size} give a file of queries (INPUT_SOURCE=FILE for the scripts)"
+            )
+        start_model_parallel(cfg.model_parallel_size)
+    lines: Optional[List[Tuple[int, str]]] = None
+    if cfg.input_source != "interactive":
+        lines = read_input_lines(cfg.input_source, cfg.data_parallel_rank, cfg.data_parallel_size)
+        if not lines:
+            return cfg, lines, None, None
+    if cfg.task in WRITING_TASKS and cfg.reports:
+        check_output_folder(cfg.output_path)
+    tokenizer, model = setup(cfg)
+    return cfg, lines, tokenizer, model
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run every query of --input-source. Exit code: 0 every line ran (or there was nothing to
-    do), 1 a line or the start-up failed, 2 a bad flag, 130 interrupted (Ctrl-C)."""
+    do), 1 a line or the start-up failed, 2 a bad flag, 130 interrupted (Ctrl-C).
+
+    With --model-parallel-size N > 1 this is one of the N processes torchrun started
+    (generation/distributed.py): each loads its slice of the model, and the model's first
+    process alone writes and prints."""
     args = get_args(argv, check_shape=False)  # the shape is checked once model_config.json is applied
-    if args.model_parallel_size != 1:
-        _error(
-            "generation runs with --model-parallel-size 1; merge the "
-            "checkpoint first: python -m arch.change_mp SRC DST --model-parallel-size 1"
-        )
-        return 2
+    model_parallel = args.requested_model_parallel_size
+    problem = launch_error(model_parallel, args.world_size)
+    if model_parallel == 1 or args.world_size == 1:  # one process per model: nothing shared
+        if problem:
+            _error(problem)
+            return 2
+        return _run(args, argv)
+    args.device = process_device(args.device, args.local_rank, args.world_size)
     try:
-        cfg = load_config(args, argv if argv is not None else sys.argv[1:])
-        lines: Optional[List[Tuple[int, str]]] = None
-        if cfg.input_source != "interactive":
-            lines = read_input_lines(cfg.input_source, cfg.rank, cfg.world_size)
-            if not lines:
-                share = f" for rank {cfg.rank} of {cfg.world_size}" if cfg.world_size > 1 else ""
-                print(
-                    f"generate_samples.py: {cfg.input_source} holds no queries{share} (blank lines are "
-                    "skipped); nothing to do",
-                    file=sys.stderr,
-                )
-                return 0
-        if cfg.task in WRITING_TASKS:
-            check_output_folder(cfg.output_path)
-        tokenizer, model = setup(cfg)
-    except (CheckpointError, ValueError, OSError, OutputError) as exc:
-        _error(exc)
+        started = start_process_group(args.device)
+    except (RuntimeError, ValueError) as exc:
+        _error(f"cannot join the other processes of --model-parallel-size {model_parallel}: {exc}")
         return 1
+    try:
+        return _run(args, argv, problem)
+    finally:
+        end(started)
+
+
+def _run(args: argparse.Namespace, argv: Optional[List[str]], problem: Optional[str] = None) -> int:
+    """Start up and run the lines; a start-up failure of any process is agreed on first, so the
+    processes of one model stop together and the first one says why, once."""
+    message, code = None, 0
+    try:
+        if problem:
+            raise LaunchError(problem)
+        cfg, lines, tokenizer, model = _start(args, argv if argv is not None else sys.argv[1:])
+    except LaunchError as exc:
+        message, code = str(exc), 2
+    except (CheckpointError, ValueError, OSError, OutputError) as exc:
+        message, code = str(exc), 1
     except KeyboardInterrupt:
-        print("generate_samples.py: interrupted before any line ran", file=sys.stderr)
+        if args.rank % max(1, args.requested_model_parallel_size) == 0:
+            print("generate_samples.py: interrupted before any line ran", file=sys.stderr)
         return INTERRUPTED
+    message, code = agree(message, code)  # a failure of any slice stops every process
+    if message:
+        if first_process():
+            _error(message)
+        barrier()  # the message is out before any process exits
+        return code
+    if model is None:
+        if cfg.reports:
+            share = (
+                f" for rank {cfg.data_parallel_rank} of {cfg.data_parallel_size}" if cfg.data_parallel_size > 1 else ""
+            )
+            print(
+                f"generate_samples.py: {cfg.input_source} holds no queries{share} (blank lines are "
+                "skipped); nothing to do",
+                file=sys.stderr,
+            )
+        return 0
     generator = Generator(cfg, tokenizer, model)
     failures = done = 0
     try:
@@ -158,25 +219,30 @@ def main(argv: Optional[List[str]] = None) -> int:
                 generator.run(query)
             except (QueryError, ValueError, KeyError, OSError, CheckpointError, OutputError) as exc:
                 message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-                print(f"line {number}: {message}", file=sys.stderr, flush=True)
+                if cfg.reports:
+                    print(f"line {number}: {message}", file=sys.stderr, flush=True)
                 failures += 1
             except (RuntimeError, MemoryError) as exc:
                 if not is_out_of_memory(exc):
                     raise
+                where = f"{cfg.device} (slice {cfg.model_parallel_rank})" if cfg.model_parallel_size > 1 else cfg.device
                 print(
-                    f"line {number}: out of memory on {cfg.device} sampling "
+                    f"line {number}: out of memory on {where} sampling "
                     f"{min(cfg.batch_size, cfg.max_inference_batch_size)} at once; lower "
                     "--max-inference-batch-size",
                     file=sys.stderr,
                     flush=True,
                 )
+                if cfg.model_parallel_size > 1:
+                    return 1  # the other slices wait for this one: the launcher stops them
                 failures += 1
             done += 1
     except KeyboardInterrupt:
-        where = "captions printed above" if cfg.task not in WRITING_TASKS else f"outputs in {cfg.output_path}"
-        print(f"generate_samples.py: interrupted; {done} line(s) done, {where}", file=sys.stderr, flush=True)
+        if cfg.reports:
+            where = "captions printed above" if cfg.task not in WRITING_TASKS else f"outputs in {cfg.output_path}"
+            print(f"generate_samples.py: interrupted; {done} line(s) done, {where}", file=sys.stderr, flush=True)
         return INTERRUPTED
-    if failures:
+    if failures and cfg.reports:
         print(f"generate_samples.py: {failures} line(s) failed", file=sys.stderr)
     return 1 if failures else 0
 

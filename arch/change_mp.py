@@ -3,10 +3,10 @@
     python -m arch.change_mp SRC DST --model-parallel-size N
 
 SRC is a checkpoint folder in the original layout (tracker file, then
-``<iter>/mp_rank_XX_model_states.pt``) with any number of ranks; DST receives
+``<iter>/mp_rank_XX_model_states.pt``) with any number of ranks, or one ``.pt`` file; DST receives
 the same iteration split into N ranks (N=1 merges).  Only the model weights
-(``module``) and the iteration are carried over: optimizer shards are tied to
-the old split.
+(``module``), the iteration and ``model_config.json`` (tokenizer paths still pointing
+at the same files) are carried over: optimizer shards are tied to the old split.
 """
 
 from __future__ import annotations
@@ -18,21 +18,24 @@ from typing import List
 
 from .checkpoint import (
     CheckpointError,
+    _split_rule,
     load_checkpoint_state,
     merge_model_parallel_states,
     model_states_filename,
     read_tracker,
+    resolve_checkpoint_file,
     save_checkpoint,
     split_model_parallel_state,
 )
+from .model_config import PATH_KEYS, read_model_config, resolve_path, write_model_config
 
 
 def load_all_ranks(src: str, trust: bool = False) -> List[dict]:
-    """Every ``mp_rank_XX`` state of the tracked iteration of ``src``, in rank order."""
-    tag, _ = read_tracker(src)
-    folder = os.path.join(src, tag) if tag is not None else src
-    if not os.path.isdir(folder):
-        raise CheckpointError(f"{src}: no checkpoint folder {folder}")
+    """Every ``mp_rank_XX`` state of the tracked iteration of ``src``, in rank order (a single
+    ``.pt`` file: its one state)."""
+    if os.path.isfile(src):
+        return [load_checkpoint_state(src, trust=trust)]
+    folder = os.path.dirname(resolve_checkpoint_file(src, 0))  # the tracked iteration ("release": or 0)
     states, rank = [], 0
     while os.path.isfile(os.path.join(folder, model_states_filename(rank))):
         states.append(load_checkpoint_state(os.path.join(folder, model_states_filename(rank)), trust=trust))
@@ -42,13 +45,41 @@ def load_all_ranks(src: str, trust: bool = False) -> List[dict]:
     return states
 
 
+def check_split(state: dict, model_parallel_size: int, source: str) -> None:
+    """ValueError (one line) for a tensor that does not cut into equal slices: the model could not load them."""
+    for key, value in state.items():
+        dim, stride = _split_rule(key)
+        if dim is not None and value.size(dim) % (model_parallel_size * stride):
+            raise ValueError(
+                f"{source}: {key} {tuple(value.shape)} does not split into {model_parallel_size} equal slices; "
+                "pick a --model-parallel-size that divides the vocabulary and the attention heads"
+            )
+
+
+def copy_model_config(src: str, dst: str) -> None:
+    """SRC's model_config.json into DST, relative tokenizer paths rewritten to name the same files."""
+    config = read_model_config(src)
+    if config is None:
+        return
+    for key in PATH_KEYS:
+        value = config.get(key)
+        if value and not os.path.isabs(value):
+            config[key] = os.path.relpath(resolve_path(src, value), dst)
+    write_model_config(dst, config)
+
+
 def change_model_parallel_size(src: str, dst: str, model_parallel_size: int, trust: bool = False) -> None:
+    """Write SRC's weights into DST split into ``model_parallel_size`` parts (1 merges)."""
+    if model_parallel_size < 1:
+        raise ValueError(f"--model-parallel-size {model_parallel_size} must be at least 1")
     tag, _ = read_tracker(src)
     merged = merge_model_parallel_states(load_all_ranks(src, trust))
+    check_split(merged, model_parallel_size, src)
     parts = split_model_parallel_state(merged, model_parallel_size)
     iteration = tag if tag is not None else "0"
     for rank, part in enumerate(parts):
         save_checkpoint(dst, iteration, part, mp_rank=rank, write_tracker=rank == len(parts) - 1)
+    copy_model_config(src, dst)
 
 
 def main(argv=None) -> int:

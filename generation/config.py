@@ -41,9 +41,10 @@ class GenerationConfig:
     seed: int
     """Seeds python, numpy, torch and the sampler's generator."""
     rank: int
-    """This process's rank (RANK): it takes input lines rank, rank + world_size, ..."""
+    """This process's rank (RANK); its model takes input lines data_parallel_rank,
+    data_parallel_rank + data_parallel_size, ..."""
     world_size: int
-    """Processes sharing the input file (WORLD_SIZE)."""
+    """Processes launched (WORLD_SIZE): model_parallel_size per model, the models sharing the input file."""
 
     # ---- checkpoint and tokenizers
     load: Optional[str]
@@ -130,6 +131,29 @@ class GenerationConfig:
     """Flags (dests) given on the command line."""
     from_file: FrozenSet[str] = frozenset()
     """Keys whose value was taken from model_config.json."""
+    model_parallel_size: int = 1
+    """Processes holding one slice each of the model (--model-parallel-size): ranks k*N .. k*N+N-1
+    run one model (generation/distributed.py)."""
+
+    @property
+    def model_parallel_rank(self) -> int:
+        """The slice of the model this process holds: its mp_rank_XX file."""
+        return self.rank % self.model_parallel_size
+
+    @property
+    def data_parallel_rank(self) -> int:
+        """Which model this process belongs to: the share of the input lines it runs."""
+        return self.rank // self.model_parallel_size
+
+    @property
+    def data_parallel_size(self) -> int:
+        """Models sharing the input file."""
+        return max(1, self.world_size // self.model_parallel_size)
+
+    @property
+    def reports(self) -> bool:
+        """The model's first process writes the outputs and prints; its other slices only compute."""
+        return self.model_parallel_rank == 0
 
     def source(self, key: str) -> str:
         """Where ``key``'s value came from: "flag", "file" (model_config.json) or "default"."""
@@ -198,6 +222,7 @@ class GenerationConfig:
             num_pivot=self.num_pivot,
             pb_relax_attention=self.pb_relax_attention,
             pb_relax_alpha=self.pb_relax_alpha,
+            parallel_output=False,  # sampling and scoring read whole rows of logits: gathered over the slices
         )
 
     @classmethod
@@ -260,6 +285,7 @@ class GenerationConfig:
             debug=args.debug,
             explicit=frozenset(explicit),
             from_file=frozenset(from_file),
+            model_parallel_size=args.model_parallel_size,
         )
         config.check()
         return config

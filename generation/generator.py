@@ -19,10 +19,11 @@ import torch
 from tqdm import tqdm
 
 from arch import CheckpointError
-from arch.lean_load import resolve_weights_file
+from arch.lean_load import is_safetensors, resolve_weights_file
 from common.dtypes import DTYPES
 
 from .config import GenerationConfig
+from .distributed import check_checkpoint_parts, check_model_split
 from .magnify import magnify, pad_query_text, sr_middle_tokens, sr_window
 from .model_setup import load_generation_model
 from .outputs import OutputError, append_text, first_sentence, save_debug_grid, save_samples, to_side, unique_folder
@@ -98,6 +99,7 @@ class Generator:
             leave=False,
             mininterval=1.0,
             file=sys.stderr,
+            disable=not self.cfg.reports,
         )
 
         def tick(rows: int) -> None:
@@ -161,6 +163,8 @@ class Generator:
         ids = self.parse(task_template("text2image", self.grid).format(query.fields[0]))
         start = time.time()
         seqs = self.sample(ids, desc=f"line {query.line_number}", guidance=self.guidance(ids, "text2image"))
+        if not self.cfg.reports:
+            return  # another slice of the model: the first one writes
         images = [self.last_image(s) for s in seqs]
         where = self.save(query, images)
         self.report(query, len(images), time.time() - start, where)
@@ -173,6 +177,9 @@ class Generator:
         if self.cfg.caption_rerank:
             ranked = self.rank_captions(ids, captions)
             captions = [c for _, c in ranked]
+        if not self.cfg.reports:
+            return
+        if self.cfg.caption_rerank:
             weight = self.caption_rerank_weight()
             how = "log p(image | caption)" + (f" + {weight:g} log p(caption | image)" if weight else "")
             print(
@@ -245,6 +252,8 @@ class Generator:
         text, path = query.fields
         start = time.time()
         seqs = self.low_level_sequences(text, path, desc=f"line {query.line_number}")
+        if not self.cfg.reports:
+            return
         images = [self.last_image(s) for s in seqs]
         _, decoded = self.tokenizer.DecodeIds(seqs[0].tolist())
         where = self.save(query, images, extra_first=[decoded[0].float().cpu()] if self.cfg.debug else [])
@@ -274,10 +283,10 @@ class Generator:
         text, path = query.fields
         prefix, low = self.sr_query(text, path)
         start = time.time()
-        images = []
-        for _ in range(self.cfg.batch_size):
-            hi = self.magnify_codes(prefix, low)
-            images.append(self.tokenizer.img_tokenizer.DecodeIds(hi[0]).float().cpu())
+        codes = [self.magnify_codes(prefix, low)[0] for _ in range(self.cfg.batch_size)]
+        if not self.cfg.reports:
+            return
+        images = [self.tokenizer.img_tokenizer.DecodeIds(hi).float().cpu() for hi in codes]
         side = images[0].size(-1)
         extra = [to_side(self.tokenizer.img_tokenizer.DecodeIds(low).float().cpu(), side)] if self.cfg.debug else []
         path_out = save_debug_grid(
@@ -299,8 +308,10 @@ class Generator:
                     self.model, chunk, self.tokenizer["[ROI1]"], self.tokenizer.num_image_tokens
                 ).tolist()
             )
+        if not self.cfg.reports:
+            return
         os.makedirs(self.cfg.output_path, exist_ok=True)
-        out = os.path.join(self.cfg.output_path, f"scores_rank_{self.cfg.rank}.txt")
+        out = os.path.join(self.cfg.output_path, f"scores_rank_{self.cfg.data_parallel_rank}.txt")
         append_text(out, query.raw + "\n" + "\t".join(f"{s:.6f}" for s in scores) + "\n")
         print(f"line {query.line_number}: scores {' '.join(f'{s:.3f}' for s in scores)} -> {out}", flush=True)
 
@@ -314,6 +325,8 @@ class Generator:
         ids = ids[: boi + 1] + codes
         start = time.time()
         seqs = self.sample(ids, desc=f"line {query.line_number}")
+        if not self.cfg.reports:
+            return
         images = [self.last_image(s) for s in seqs]
         extra = (
             [self.tokenizer.img_tokenizer.DecodeIds(torch.tensor(original_codes)).float().cpu()]
@@ -346,6 +359,8 @@ def setup(cfg: GenerationConfig):
     if not cfg.load:
         raise CheckpointError("no checkpoint: pass --load (e.g. pretrained/cogview/cogview-demo)")
     resolve_weights_file(cfg.load)  # a missing or empty folder is named before its tokenizers
+    if not is_safetensors(cfg.load):  # a safetensors file holds the whole model: every slice cuts its own
+        check_checkpoint_parts(cfg.load, cfg.model_parallel_size)
     check_input_source(cfg.input_source)
     cfg.check_tokenizer_paths()
     if cfg.task == "raw":
@@ -367,6 +382,7 @@ def setup(cfg: GenerationConfig):
         raise
     grid = check_image_size(cfg, tokenizer)
     vocab = tokenizer.padded_vocab_size(cfg.make_vocab_size_divisible_by, 1)
+    check_model_split(cfg.num_attention_heads, vocab, cfg.model_parallel_size)
     model = load_generation_model(cfg, vocab, free_memory_bytes(cfg.device))
     check_image_fits(cfg, grid)  # after the weights, so a broken checkpoint is named first
     check_memory(cfg)
@@ -413,6 +429,7 @@ def check_memory(cfg: GenerationConfig) -> None:
     rows = min(cfg.batch_size, cfg.max_inference_batch_size)
     per_sample = cfg.num_layers * 2 * cfg.max_position_embeddings * cfg.hidden_size * DTYPES[cfg.dtype].itemsize
     per_sample *= 2 if cfg.guidance(cfg.task)[0] else 1
+    per_sample //= cfg.model_parallel_size  # each slice keeps its own heads' keys and values
     if rows * per_sample > 0.8 * free:
         fits = max(1, int(0.5 * free // per_sample))
         raise ValueError(

@@ -38,13 +38,15 @@ def check_weights_fit(config: GenerationConfig, weights: int, free: Optional[int
 
 
 def load_generation_model(config: GenerationConfig, vocab_size: int, free: Optional[int] = None) -> GPT2Model:
-    """The GPT in eval mode on config.device in config.dtype (linear layers int8 with
-    ``--quantize int8``), weights from config.load (strict).  ``free``: bytes the device can
-    still allocate, checked against the weights before anything is allocated."""
+    """The GPT (this process's slice of it under model parallelism) in eval mode on
+    config.device in config.dtype (linear layers int8 with ``--quantize int8``), weights
+    from config.load (its mp_rank_XX file, or this slice of a safetensors file), strictly.
+    ``free``: bytes the device can still allocate, checked against the weights before
+    anything is allocated."""
     if not config.load:
         raise CheckpointError("no checkpoint: pass --load (e.g. pretrained/cogview/cogview-base)")
     model = build_meta_model(config.gpt2_config(vocab_size), DTYPES[config.dtype], config.quantize)
     check_weights_fit(config, model_bytes(model), free)
     model = model.to_empty(device=config.device)
-    load_model_weights(model, config.load, trust=config.trust_checkpoint)
+    load_model_weights(model, config.load, trust=config.trust_checkpoint, mp_rank=config.model_parallel_rank)
     return model.eval()

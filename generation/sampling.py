@@ -20,6 +20,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .distributed import same_on_every_slice
 from .threads import StepThreads
 
 NO_ROI2 = 100000
@@ -161,7 +162,7 @@ def _sample(
     logits = top_k_logits(logits / config.temperature, config.top_k, config.top_p)
     log_probs = F.log_softmax(logits, dim=-1)
     race = torch.empty_like(log_probs).exponential_(generator=generator)
-    picked = (log_probs.exp() / race).argmax(dim=-1)
+    picked = same_on_every_slice((log_probs.exp() / race).argmax(dim=-1))
     return picked + lo, log_probs.gather(1, picked[:, None]).squeeze(1)
 
 

@@ -6,6 +6,9 @@
 # model, else a clear error) and MODEL_ARGS / DEVICE_ARGS for generate_samples.py.
 # Variables of the original scripts are honoured: CHECKPOINT_PATH, NLAYERS, NHIDDEN,
 # NATT, MAXSEQLEN, MPSIZE, TEMP, TOPK, TOPP; DEVICE picks the GPU (default 0).
+# MPSIZE=N > 1 runs N processes under torchrun, one slice of the model each (a checkpoint
+# split by python -m arch.change_mp SRC DST --model-parallel-size N); each process takes GPU
+# LOCAL_RANK (CUDA_VISIBLE_DEVICES picks which), or an Nth of the CPU cores.
 
 script_path=$(realpath "${BASH_SOURCE[0]}")
 script_dir=$(dirname "$script_path")
@@ -53,7 +56,21 @@ resolve_checkpoint() {
 run_generate() {
   local task=$1
   shift
-  python3 "$main_dir/generate_samples.py" \
+  local launcher=(python3)
+  case "${MPSIZE:-1}" in
+    '' | *[!0-9]* | 0*)
+      echo "error: MPSIZE=${MPSIZE}: the number of processes, one per slice of the model (1, 2, 4...)" >&2
+      exit 2 ;;
+  esac
+  if [ "${MPSIZE:-1}" != 1 ]; then
+    # torchrun without the launcher's traceback (scripts/run_torchrun.py), one process per slice
+    launcher=(python3 "$script_dir/run_torchrun.py" --standalone --nproc_per_node "$MPSIZE")
+    if [ -z "${OMP_NUM_THREADS:-}" ]; then
+      local per_proc=$(( $(nproc --all) / MPSIZE ))
+      export OMP_NUM_THREADS=$(( per_proc > 0 ? per_proc : 1 ))
+    fi
+  fi
+  "${launcher[@]}" "$main_dir/generate_samples.py" \
          --deepspeed \
          "${MODEL_ARGS[@]}" \
          "${DEVICE_ARGS[@]}" \

@@ -7,6 +7,11 @@
 # --concurrency, ...; python3 web_demo.py --help).
 set -euo pipefail
 main_dir=$(dirname "$(dirname "$(realpath "$0")")")
+if [ "${MPSIZE:-1}" != 1 ]; then
+  echo "error: MPSIZE=$MPSIZE: the web page runs each model in one process; unset MPSIZE (merge a split" \
+       "checkpoint with python -m arch.change_mp SRC DST --model-parallel-size 1)" >&2
+  exit 2
+fi
 if ! python3 -c "import importlib.util as u, sys; sys.exit(u.find_spec('gradio') is None)"; then
   echo "error: gradio is not installed: python3 -m pip install -r $main_dir/requirements-web.txt" >&2
   exit 1

@@ -28,6 +28,7 @@ from PIL import Image
 
 import generate_samples
 import generation.outputs
+from arch.change_mp import main as change_mp_main
 
 from .catalogue import (
     ROOT,
@@ -808,3 +809,56 @@ def test_full_disk_never_leaves_half_a_score_record(tmp_path, capsys, monkeypatc
         assert tree_hashes(scores) == before
     assert_fails_cleanly(result, "line 1: cannot append to", "No space left on device", "the file is as it was", code=1)
     assert_fails_cleanly(result, "line 2: cannot append to", code=1)
+
+
+# ---------------------------------------------------------------- 8. model parallelism
+
+
+def test_model_parallel_size_without_the_processes(tmp_path, capsys, no_model, monkeypatch):
+    """--model-parallel-size 2 in a single process says how to launch two, not a silent size 1."""
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    source = lines_file(tmp_path / "in.txt", "a red circle")
+    result = gen(capsys, "--model-parallel-size", "2", "--input-source", source, "--output-path", str(tmp_path / "o"))
+    one_error(result, "--model-parallel-size 2", "torchrun --standalone --nproc_per_node 2", "MPSIZE=2", code=2)
+    assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_split_for_another_model_parallel_size(tmp_path, capsys):
+    split = str(tmp_path / "cogview-demo-mp2")
+    assert change_mp_main([DEMO, split, "--model-parallel-size", "2"]) == 0
+    source = lines_file(tmp_path / "in.txt", "a red circle")
+    result = gen(capsys, "--input-source", source, "--output-path", str(tmp_path / "o"), load=split)
+    one_error(
+        result,
+        "holds the model in 2 model-parallel part(s)",
+        f"python -m arch.change_mp {split} {split}-mp1 --model-parallel-size 1",
+        "or run with --model-parallel-size 2",
+        code=1,
+    )
+
+
+@pytest.mark.slow
+def test_script_with_mpsize_and_an_unsplit_checkpoint(tmp_path):
+    """MPSIZE=2 launches two processes (torchrun); both find one part and the first says so, once."""
+    result = run(
+        ["scripts/text2image.sh"],
+        env=dict(
+            MPSIZE="2",
+            CHECKPOINT_PATH=DEMO,
+            INPUT_SOURCE=lines_file(tmp_path / "in.txt", "a red circle"),
+            OUTPUT_PATH=str(tmp_path / "o"),
+        ),
+    )
+    one_error(
+        result,
+        "holds the model in 1 model-parallel part(s)",
+        f"python -m arch.change_mp {DEMO} {DEMO}-mp2 --model-parallel-size 2",
+        code=1,
+    )
+    assert result.err.count("model-parallel part(s)") == 1 and not os.path.exists(f"{DEMO}-mp2")
+
+
+def test_web_page_with_mpsize(tmp_path):
+    result = run(["scripts/web_demo.sh"], env=dict(MPSIZE="2"))
+    one_error(result, "MPSIZE=2", "one process", "python -m arch.change_mp SRC DST --model-parallel-size 1", code=2)

@@ -71,6 +71,9 @@ def model_config_from_args(folder: str, args) -> dict:
 
     flags = vars(args)
     config = {key: flags[key] for key in FLAG_KEYS}
+    # the multiple the vocabulary was padded to (times P under model parallelism), so that
+    # generation builds the same rows at any --model-parallel-size
+    config["make_vocab_size_divisible_by"] = int(args.make_vocab_size_divisible_by) * int(args.model_parallel_size)
     for key in PATH_KEYS:
         if config[key]:
             config[key] = os.path.relpath(os.path.abspath(config[key]), os.path.abspath(folder))
