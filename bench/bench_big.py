@@ -105,8 +105,9 @@ def make_random_checkpoint(folder: str, layers: int, hidden: int, heads: int) ->
     wanted = {"num_layers": layers, "hidden_size": hidden, "num_attention_heads": heads}
     if os.path.isfile(config_file):
         with open(config_file) as f:
-            if all(json.load(f).get(k) == v for k, v in wanted.items()):
-                return folder
+            stored = json.load(f)
+        if all(stored.get(k) == v for k, v in wanted.items()):
+            return folder
         shutil.rmtree(folder)
     generator = torch.Generator().manual_seed(0)
     state = {}
