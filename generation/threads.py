@@ -33,8 +33,9 @@ def usable_cores() -> int:
 class StepThreads:
     """Runs decoding steps on the thread count that times fastest.
 
-    Probing runs ``probe_steps`` steps on each candidate (every core, then one); the
-    median decides; after ``period`` steps on the winner it probes again.
+    Probing runs ``probe_steps`` steps on each candidate (every core and one, alternating,
+    after one untimed warm-up step); the median decides; after ``period`` steps on the
+    winner it probes again.
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class StepThreads:
         self.period = period
         self._times: Dict[int, List[float]] = {n: [] for n in self.candidates}
         self._chosen: Optional[int] = None
+        self._warm = False
         self._left = 0  # steps still to run on the chosen count before probing again
         self.history: List[int] = []  # the count chosen after each probe (for the bench and tests)
 
@@ -54,9 +56,12 @@ class StepThreads:
         if self._chosen is not None and self._left > 0:
             self._left -= 1
             return self._chosen, False
-        for n in self.candidates:
-            if len(self._times[n]) < self.probe_steps:
-                return n, True
+        if not self._warm:  # the first step pays for allocations and waking threads: not timed
+            self._warm = True
+            return self.candidates[0], False
+        fewest = min(self.candidates, key=lambda n: len(self._times[n]))  # alternate: same conditions
+        if len(self._times[fewest]) < self.probe_steps:
+            return fewest, True
         medians = {n: statistics.median(times) for n, times in self._times.items()}
         self._chosen = min(self.candidates, key=lambda n: (medians[n], n))
         self.history.append(self._chosen)
