@@ -27,7 +27,7 @@ from .checkpoint import (
     save_checkpoint,
     split_model_parallel_state,
 )
-from .model_config import PATH_KEYS, read_model_config, resolve_path, write_model_config
+from .model_config import copy_model_config
 
 
 def load_all_ranks(src: str, trust: bool = False) -> List[dict]:
@@ -54,18 +54,6 @@ def check_split(state: dict, model_parallel_size: int, source: str) -> None:
                 f"{source}: {key} {tuple(value.shape)} does not split into {model_parallel_size} equal slices; "
                 "pick a --model-parallel-size that divides the vocabulary and the attention heads"
             )
-
-
-def copy_model_config(src: str, dst: str) -> None:
-    """SRC's model_config.json into DST, relative tokenizer paths rewritten to name the same files."""
-    config = read_model_config(src)
-    if config is None:
-        return
-    for key in PATH_KEYS:
-        value = config.get(key)
-        if value and not os.path.isabs(value):
-            config[key] = os.path.relpath(resolve_path(src, value), dst)
-    write_model_config(dst, config)
 
 
 def change_model_parallel_size(src: str, dst: str, model_parallel_size: int, trust: bool = False) -> None:

@@ -35,7 +35,7 @@ from .checkpoint import (
     torch_load_checkpoint,
 )
 from .lean_load import SAFETENSORS_FILENAME, SAFETENSORS_SUFFIX
-from .model_config import read_model_config, resolve_path, write_model_config
+from .model_config import copy_model_config, read_model_config
 
 CONFIG_METADATA_KEY = "config"  # safetensors metadata entry holding a stored config dict as JSON
 
@@ -86,12 +86,7 @@ def convert_checkpoint(src: str, dst: str, dtype: Optional[str] = None, trust: b
         file = os.path.join(dst, SAFETENSORS_FILENAME)
     save_safetensors_atomic(state, file, metadata)
     if config_folder is not None and not dst.endswith(SAFETENSORS_SUFFIX):
-        model_config = dict(read_model_config(config_folder))
-        for key in ("img_tokenizer_path", "txt_tokenizer_path"):
-            path = resolve_path(config_folder, model_config.get(key))
-            if path and not os.path.isabs(model_config[key]):
-                model_config[key] = os.path.relpath(path, dst)
-        write_model_config(dst, model_config)
+        copy_model_config(config_folder, dst)
     return file
 
 

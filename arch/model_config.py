@@ -118,3 +118,15 @@ def write_model_config(folder: str, config: Mapping[str, Any]) -> str:
     validate_model_config(dict(config), path)
     write_text_atomic(path, json.dumps(dict(config), indent=1) + "\n")
     return path
+
+
+def copy_model_config(src: str, dst: str) -> None:
+    """SRC's model_config.json into DST, relative tokenizer paths rewritten to name the same files."""
+    config = read_model_config(src)
+    if config is None:
+        return
+    for key in PATH_KEYS:
+        value = config.get(key)
+        if value and not os.path.isabs(value):
+            config[key] = os.path.relpath(resolve_path(src, value), dst)
+    write_model_config(dst, config)

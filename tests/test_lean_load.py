@@ -300,3 +300,18 @@ def test_a_rank_slices_a_whole_model_file_as_the_original_split(monkeypatch, ran
     expected = split_model_parallel_state(state, 2)[rank]
     for key, value in state.items():
         assert torch.equal(lean_load._rank_slice(key, value), expected[key]), key
+
+
+def test_weights_that_do_not_fit_are_refused_before_loading_with_the_smaller_formats():
+    from types import SimpleNamespace
+
+    from generation.model_setup import check_weights_fit
+
+    cfg = SimpleNamespace(load="ckpt", dtype="float32", quantize="none", device="cpu")
+    check_weights_fit(cfg, 8 << 30, 16 << 30)  # fits
+    check_weights_fit(cfg, 8 << 30, None)  # free memory unknown: nothing to say
+    with pytest.raises(ValueError) as info:
+        check_weights_fit(cfg, 16 << 30, 10 << 30)
+    message = str(info.value)
+    assert "16.0 GiB" in message and "10.0 GiB" in message and "--bf16 (8.0 GiB)" in message
+    assert "--quantize int8" in message and "\n" not in message
