@@ -11,8 +11,8 @@
 # so the build installs them without an index. An image whose inputs (dockerfile,
 # requirements.txt, base image, build arguments) are unchanged is not built again.
 # Variables: BASE_IMAGE, TAG, PYTHON (the host's Python 3.11, for the wheels),
-# DEBIAN_MIRROR (for debootstrap), PIP_EXTRA_INDEX_URL (e.g. PyTorch's CPU index, where the
-# host's pip has no CPU build of torch).
+# DEBIAN_MIRROR (for debootstrap; its default otherwise), PIP_EXTRA_INDEX_URL (e.g. PyTorch's
+# CPU wheel index, where the host's pip has no CPU build of torch).
 set -euo pipefail
 repo_dir="$(dirname "$(dirname "$(realpath "$0")")")"
 cd "$repo_dir"
@@ -50,7 +50,7 @@ make_local_base() {
     root=$(mktemp -d)
     trap 'rm -rf "$root"' EXIT
     echo "making $LOCAL_BASE with debootstrap (Debian bookworm, minbase)" >&2
-    debootstrap --variant=minbase bookworm "$root/rootfs" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >"$root/log" 2>&1 \
+    debootstrap --variant=minbase bookworm "$root/rootfs" ${DEBIAN_MIRROR:+"$DEBIAN_MIRROR"} >"$root/log" 2>&1 \
         || { tail -5 "$root/log" >&2; echo "error: debootstrap failed (log above)" >&2; exit 1; }
     tar -C "$root/rootfs" -c . | docker import -c 'CMD ["bash"]' - "$LOCAL_BASE" >/dev/null
     rm -rf "$root"

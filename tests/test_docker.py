@@ -253,6 +253,7 @@ def test_hostfile_training_on_two_containers_equals_one_process(cluster, two_nod
     folder = run_folder(os.path.join(cluster.work, "full"))
     assert open(os.path.join(folder, "latest_checkpointed_iteration.txt")).read() == str(STEPS)
     assert sorted(d for d in os.listdir(folder) if d.isdigit()) == [str(STEPS)]
+    assert os.path.isfile(os.path.join(folder, str(STEPS), "mp_rank_00_model_states.pt"))
     # nothing published on the host: the nodes' sshd listens on the test's own network only
     for name in cluster.names:
         ports = json.loads(sh(["docker", "inspect", name]).stdout)[0]["NetworkSettings"]["Ports"] or {}
