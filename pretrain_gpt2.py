@@ -28,7 +28,7 @@ from training.checkpointing import (
 )
 from training.distributed import any_rank, first_message, init_distributed, set_random_seed, setup_device
 from training.logging import TrainLogger
-from training.loop import BatchStream, Trainer, TrainingStopped, TrainState
+from training.loop import BatchStream, PeerLost, Trainer, TrainingStopped, TrainState
 from training.model import get_model, init_position_table
 from training.preflight import (
     check_free_space,
@@ -207,8 +207,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     a signal) is one line on stderr and a non-zero exit code."""
     try:
         run(argv)
-    except TrainingStopped as exc:  # raised by every rank with the same words: rank 0 says them
-        if _rank() == 0:
+    except TrainingStopped as exc:  # raised by every rank with the same words: rank 0 says them,
+        if _rank() == 0 or isinstance(exc, PeerLost):  # or every survivor of a lost rank
             print(exc, file=sys.stderr, flush=True)
         return exc.exit_code
     except CheckpointSaveError as exc:

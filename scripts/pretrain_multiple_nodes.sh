@@ -3,15 +3,16 @@
 # ali_vqvae_hard_biggerset_011.lmdb, DeepSpeed ZeRO-1 with ds_config_zero.json, fp16).
 #
 # Two launch paths:
-#  * hostfile (the original's): run once, on the first node, with GPUs, passwordless ssh
-#    and pdsh (see env/): `deepspeed --hostfile $HOST_FILE_PATH` starts every node.
+#  * hostfile (the original's): run once, on the first node, with passwordless ssh and pdsh
+#    (see env/): `deepspeed --hostfile $HOST_FILE_PATH` starts every node. Taken when
+#    NODE_RANK is not set and there is a GPU or the hostfile exists.
 #  * torchrun (no hostfile, no ssh): run on EVERY node with NODE_RANK=0..NUM_WORKERS-1 and
 #    MASTER_ADDR=<address of node 0>, e.g.
 #       NODE_RANK=0 MASTER_ADDR=10.0.0.1 bash scripts/pretrain_multiple_nodes.sh   # node 0
 #       NODE_RANK=1 MASTER_ADDR=10.0.0.1 bash scripts/pretrain_multiple_nodes.sh   # node 1
-#    This path is taken whenever NODE_RANK is set, and on machines without a GPU.
+#    This path is taken whenever NODE_RANK is set.
 # Without a GPU each node runs CPU_PROCS processes (default 1) on gloo, bf16 instead of fp16;
-# without NODE_RANK on such a machine it trains on this node alone.
+# without NODE_RANK or a hostfile on such a machine it trains on this node alone.
 # Extra arguments go last, so they override the recipe.
 set -euo pipefail
 source "$(dirname "$(realpath "$0")")/training_common.sh"
@@ -25,9 +26,15 @@ config_json=${CONFIG_JSON:-"$main_dir/scripts/ds_config_zero.json"}
 
 tutorial_recipe cogview-ali_fashion_tutorial-12-1024-16 TokenizedDataset ./data/ali_vqvae_hard_biggerset_011.lmdb 40000 "${config_json}"
 
-if has_gpu && [ -z "${NODE_RANK:-}" ]; then
+if [ -z "${NODE_RANK:-}" ] && has_gpu; then
     run_cmd=(env ${OPTIONS_NCCL} deepspeed --num_nodes "${NUM_WORKERS}" --num_gpus "${NUM_GPUS_PER_WORKER}"
              --hostfile "${HOST_FILE_PATH}" "$main_dir/pretrain_gpt2.py" "${gpt_options[@]}" "$@")
+elif [ -z "${NODE_RANK:-}" ] && [ -f "${HOST_FILE_PATH}" ]; then
+    # the hostfile launcher on CPU nodes: CPU_PROCS processes on each of the first NUM_WORKERS hosts
+    cpu_environment
+    echo "No GPU found: training on CPU with ${CPU_PROCS:-1} process(es) on each of ${NUM_WORKERS} nodes of ${HOST_FILE_PATH} (gloo, bf16 instead of fp16)" >&2
+    run_cmd=(deepspeed --num_nodes "${NUM_WORKERS}" --num_gpus "${CPU_PROCS:-1}" --hostfile "${HOST_FILE_PATH}"
+             "$main_dir/pretrain_gpt2.py" "${gpt_options[@]}" --device cpu "$@")
 else
     if has_gpu; then
         procs=${NUM_GPUS_PER_WORKER}
@@ -41,7 +48,7 @@ else
         echo "No GPU found: training on CPU with ${procs} process(es) per node (gloo, bf16 instead of fp16)" >&2
     fi
     if [ -z "${NODE_RANK:-}" ]; then
-        echo "NODE_RANK is not set: training on this node only (set NODE_RANK and MASTER_ADDR on every node for several)" >&2
+        echo "NODE_RANK is not set and there is no ${HOST_FILE_PATH}: training on this node only (set NODE_RANK and MASTER_ADDR on every node for several)" >&2
         nodes=1; node_rank=0; master_addr=127.0.0.1
     else
         nodes=${NUM_WORKERS}; node_rank=${NODE_RANK}; master_addr=${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}

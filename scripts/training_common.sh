@@ -23,7 +23,16 @@ cpu_environment() {
 # tutorial_recipe <experiment> <dataset type> <train data> <train iters> <DeepSpeed json>:
 # sets gpt_options to the options both original tutorial scripts share
 # (12 layers, 1024 hidden, 16 heads, 1089 positions, cosine, warm-up 0.1, fp16, DeepSpeed).
+# PRECISION=fp16 (the original's, default), bf16 or fp32 picks the precision flag; with fp32
+# give a DeepSpeed json whose fp16 block is off (CONFIG_JSON), or its fp16 block still wins.
 tutorial_recipe() {
+    local precision
+    case "${PRECISION:-fp16}" in
+        fp16) precision=(--fp16) ;;
+        bf16) precision=(--bf16) ;;
+        fp32) precision=() ;;
+        *) echo "error: PRECISION=${PRECISION} is not fp16, bf16 or fp32" >&2; exit 2 ;;
+    esac
     gpt_options=(
        --experiment-name "$1"
        --img-tokenizer-num-tokens 8192
@@ -44,7 +53,7 @@ tutorial_recipe() {
        --deepspeed-activation-checkpointing
        --max-position-embeddings 1089
        --max-memory-length 0
-       --fp16
+       "${precision[@]}"
        --deepspeed
        --deepspeed_config "$5"
     )

@@ -236,3 +236,21 @@ def test_deepspeed_with_model_parallel_two(single):
         "mp_rank_00_model_states.pt",
         "mp_rank_01_model_states.pt",
     ]
+
+
+def test_lost_peer_reason_names_the_transport_error(monkeypatch):
+    """A collective that failed because a rank is gone (gloo's connection errors, torch's
+    DistError) gives the transport's words; any other error, or one process, gives None."""
+    from training import distributed
+
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda group=None: 2)
+    gloo = RuntimeError(
+        "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [172.18.0.11]:11905: "
+        "Connection reset by peer. This is typically caused by a remote worker hanging\nmore"
+    )
+    assert distributed.lost_peer_reason(gloo) == "Read error [172.18.0.11]:11905: Connection reset by peer"
+    assert distributed.lost_peer_reason(distributed.dist.DistNetworkError("store closed")) == "store closed"
+    assert distributed.lost_peer_reason(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda group=None: 1)
+    assert distributed.lost_peer_reason(gloo) is None

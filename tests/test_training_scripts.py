@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import py_compile
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ SHELL_FILES = [
     "scripts/pretrain_multiple_nodes.sh",
     "scripts/training_common.sh",
     "env/start_docker.sh",
+    "env/build_image.sh",
 ]
 
 
@@ -33,7 +35,9 @@ def test_python_env_files_compile(tmp_path):
     for name in ("dockerfile", "ip_list.txt.example"):
         assert os.path.isfile(os.path.join(ROOT, "env", name))
     docker = open(os.path.join(ROOT, "env", "dockerfile")).read()
-    assert "FROM nvidia/cuda" in docker and "requirements.txt" in docker and "pdsh" in docker
+    # the CUDA image stays the default base; a CPU base comes in as BASE_IMAGE
+    assert "ARG BASE_IMAGE=nvidia/cuda" in docker and "FROM ${BASE_IMAGE}" in docker
+    assert "requirements.txt" in docker and "pdsh" in docker and "openssh-server" in docker
 
 
 def test_setup_connection_writes_hostfile_and_ssh_config(tmp_path):
@@ -53,6 +57,22 @@ def test_setup_connection_writes_hostfile_and_ssh_config(tmp_path):
     assert "HostName 10.0.0.2" in ssh.read_text() and "Port 2222" in ssh.read_text()
     bad = subprocess.run(cmd[:2] + ["not-an-ip"], capture_output=True, text=True)
     assert bad.returncode == 2 and "not an IP" in bad.stderr
+
+
+@pytest.mark.skipif(not shutil.which("ssh-keygen"), reason="ssh-keygen (openssh-client) is not installed")
+def test_setup_connection_installs_one_cluster_key(tmp_path):
+    """Two nodes given the same --key-dir get the same identity, trusted once by each."""
+    keys = tmp_path / "keys"
+    for node in ("a", "b"):
+        ssh = tmp_path / node / "config"
+        cmd = [sys.executable, os.path.join(ROOT, "env", "setup_connection.py"), "10.0.0.1", "--key-dir", str(keys)]
+        for _ in range(2):  # a second run changes nothing
+            proc = subprocess.run(cmd + ["--hostfile", str(tmp_path / "hostfile"), "--ssh-config", str(ssh)])
+            assert proc.returncode == 0
+        public = (keys / "id_ed25519.pub").read_text().strip()
+        assert (tmp_path / node / "authorized_keys").read_text().splitlines() == [public]
+        assert (tmp_path / node / "id_ed25519").read_bytes() == (keys / "id_ed25519").read_bytes()
+        assert oct((tmp_path / node / "id_ed25519").stat().st_mode & 0o777) == "0o600"
 
 
 def test_deepspeed_configs_hold_the_spec_values():

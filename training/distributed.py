@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -119,3 +120,15 @@ def first_message(message: Optional[str]) -> Optional[str]:
     gathered: List[Optional[str]] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, message)
     return next((m for m in gathered if m), None)
+
+
+def lost_peer_reason(exc: BaseException) -> Optional[str]:
+    """The transport's words when ``exc`` is a collective that failed because another rank is
+    gone (its process or node stopped), else None: gloo's connection errors, torch's DistError."""
+    if not dist.is_initialized() or dist.get_world_size() < 2:
+        return None
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and "gloo/transport" in text):
+        text = re.sub(r"^\[[^\]]*\]\s*", "", text)  # gloo's [source file:line] prefix
+        return text.split(". ")[0].rstrip(".")
+    return None

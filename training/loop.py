@@ -21,7 +21,7 @@ import torch
 from arch import mpu
 from data_utils.datasets import DataError, data_error_line, uses_roi2_positions
 
-from .distributed import all_reduce_mean, any_rank, first_message
+from .distributed import all_reduce_mean, any_rank, first_message, lost_peer_reason
 from .loss import Batch, forward_step, get_batch
 from .signals import StopOnSignal, signal_name
 
@@ -34,6 +34,11 @@ class TrainingStopped(Exception):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class PeerLost(TrainingStopped):
+    """A collective failed because another rank is gone (a node or process of the job stopped):
+    no rank can save, so each survivor says what is kept on disk. Exit code 1."""
 
 
 class BatchStream:
@@ -93,6 +98,7 @@ class Trainer:
         self.roi2_id = tokenizer["[ROI2]"] if uses_roi2_positions(args) else None
         self.dp_group = mpu.get_data_parallel_group()
         self.dp_world = mpu.get_data_parallel_world_size()
+        self.last_saved = 0  # the iteration of the last checkpoint on disk, for PeerLost's message
 
     def make_batch(self, data: dict) -> Batch:
         return get_batch(
@@ -197,7 +203,27 @@ class Trainer:
 
     def train(self, stream: BatchStream, state: TrainState, valid_loader=None) -> bool:
         """Run to --train-iters; False when --exit-interval stopped it early; TrainingStopped
-        (after a checkpoint) for a signal or a row that cannot be used."""
+        (after a checkpoint) for a signal or a row that cannot be used; PeerLost when another
+        rank is gone."""
+        self.last_saved = state.iteration
+        try:
+            return self._train(stream, state, valid_loader)
+        except Exception as exc:
+            reason = lost_peer_reason(exc)
+            if reason is None:
+                raise
+            args = self.args
+            if args.save and self.last_saved:
+                kept = f"the checkpoint of iteration {self.last_saved} is in {args.save} (resume: --load {args.save})"
+            else:
+                kept = "no checkpoint of this run was saved"
+            raise PeerLost(
+                f"error: lost the connection to another training process after iteration {state.iteration} "
+                f"({reason}): a node or process of the job stopped; {kept}",
+                1,
+            ) from None
+
+    def _train(self, stream: BatchStream, state: TrainState, valid_loader) -> bool:
         args = self.args
         self.backend.train()
         last_saved = state.iteration
@@ -232,7 +258,7 @@ class Trainer:
             )
             if args.save and args.save_interval and state.iteration % args.save_interval == 0:
                 self.save_fn(state.iteration, stream.position, state.skipped_steps)
-                last_saved = state.iteration
+                last_saved = self.last_saved = state.iteration
             if valid_loader is not None and args.eval_interval and state.iteration % args.eval_interval == 0:
                 try:
                     self.logger.validation(state.iteration, self.evaluate(valid_loader, args.eval_iters))
