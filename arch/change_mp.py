@@ -18,7 +18,6 @@ from typing import List
 
 from .checkpoint import (
     CheckpointError,
-    _split_rule,
     load_checkpoint_state,
     merge_model_parallel_states,
     model_states_filename,
@@ -26,6 +25,7 @@ from .checkpoint import (
     resolve_checkpoint_file,
     save_checkpoint,
     split_model_parallel_state,
+    split_rule,
 )
 from .model_config import copy_model_config
 
@@ -48,7 +48,7 @@ def load_all_ranks(src: str, trust: bool = False) -> List[dict]:
 def check_split(state: dict, model_parallel_size: int, source: str) -> None:
     """ValueError (one line) for a tensor that does not cut into equal slices: the model could not load them."""
     for key, value in state.items():
-        dim, stride = _split_rule(key)
+        dim, stride = split_rule(key)
         if dim is not None and value.size(dim) % (model_parallel_size * stride):
             raise ValueError(
                 f"{source}: {key} {tuple(value.shape)} does not split into {model_parallel_size} equal slices; "

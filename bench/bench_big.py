@@ -2,7 +2,7 @@
 
 Makes a random checkpoint at the given size in the original layout (fp16, as released:
 ``mp_rank_00_model_states.pt`` + ``model_config.json``, vocabulary 58240, 1089 positions)
-in a scratch folder, converts it to safetensors, then measures, for each weight format,
+in a working folder (--scratch), converts it to safetensors, then measures, for each weight format,
 in a fresh process each:
   * load: seconds and peak resident memory (``VmHWM``) of a process that only loads, and
     that peak over the weights' bytes;
