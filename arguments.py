@@ -253,7 +253,13 @@ def add_text_generate_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Text generation", "configurations")
     group.add_argument("--temperature", type=float, default=1.0)
     group.add_argument("--top_p", type=float, default=0.0)
-    group.add_argument("--top_k", type=int, default=0)
+    group.add_argument(
+        "--top_k",
+        type=int,
+        default=0,
+        help="sample among the k most likely tokens (0 = all); unset, the checkpoint's "
+        "model_config.json value when it records one",
+    )
     group.add_argument(
         "--guidance-scale",
         type=float,
@@ -291,6 +297,16 @@ def add_text_generate_args(parser: argparse.ArgumentParser) -> None:
         help="(new) image2text with --caption-rerank: rank by log p(image | caption) "
         "+ W * log p(caption | image) (noisy-channel reranking); unset, the "
         "checkpoint's model_config.json value, else 0",
+    )
+    group.add_argument(
+        "--post-select",
+        type=int,
+        default=0,
+        metavar="N",
+        help="(new) text2image: draw max(N, --batch-size) images per query and write the "
+        "--batch-size best by post-selection (log p(text | image), the caption direction of a model "
+        "trained on both, like the demo model), best first as 0.jpg; 0 = off; unset, the "
+        "checkpoint's model_config.json value",
     )
     group.add_argument(
         "--roi2-position-restart",

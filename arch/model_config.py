@@ -64,6 +64,8 @@ SCHEMA: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "roi2_position_restart": (lambda v: isinstance(v, bool), "true or false"),
     "caption_rerank": (lambda v: isinstance(v, bool), "true or false"),
     "caption_rerank_weight": (_is_number, "a number"),
+    "post_select": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
+    "top_k": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
     "guidance_scale": (_task_map(_is_number), 'an object of task -> number, e.g. {"text2image": 0.8}'),
     "guidance_top_k": (
         _task_map(lambda v: _is_int(v) and v >= 0),

@@ -96,14 +96,19 @@ def train_tokenizer(captions_path: str, out_prefix: str, vocab_size: int) -> str
         key=lambda w: (-len(w), w),
     )
     os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
-    return train_text_tokenizer(
+    # trained under a temporary prefix and renamed: an interrupted run leaves no partial .model
+    tmp = out_prefix + ".tmp"
+    train_text_tokenizer(
         captions_path,
-        out_prefix,
+        tmp,
         vocab_size,
         model_type="bpe",
         character_coverage=1.0,
         user_defined_symbols=["<n>", ".", "。", *words],
     )
+    os.replace(tmp + ".vocab", out_prefix + ".vocab")
+    os.replace(tmp + ".model", out_prefix + ".model")
+    return out_prefix + ".model"
 
 
 def write_vqvae_images(

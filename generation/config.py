@@ -91,7 +91,7 @@ class GenerationConfig:
     temperature: float
     """Logits are divided by this before top-k / top-p."""
     top_k: int
-    """Sample among the k most likely tokens (0 = all)."""
+    """Sample among the k most likely tokens (0 = all): --top_k, else the checkpoint's value."""
     top_p: float
     """Nucleus sampling threshold (0 = off)."""
     sampler: str
@@ -108,6 +108,9 @@ class GenerationConfig:
     per task, resolved like guidance_scale."""
     caption_rerank: bool
     """image2text: print the captions ranked by log p(image | caption), best first."""
+    post_select: int
+    """text2image: draw max(post_select, batch_size) images and keep the batch_size best by
+    log p(text | image), best first (0 or 1 = off)."""
     caption_rerank_weight: float
     """Weight W of the added W * log p(caption | image) term of the ranking (0 = none)."""
     roi2_position_restart: bool
@@ -182,6 +185,8 @@ class GenerationConfig:
         for key in ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{self.describe(key)} must be at least 1")
+        if self.post_select < 0:
+            raise ValueError(f"{self.describe('post_select')} must be 0 (off) or the number of images to draw")
         if self.threads < 0:
             raise ValueError(f"--threads {self.threads} must be 0 (choose by timing) or a thread count")
         if not math.isfinite(self.temperature):
@@ -265,7 +270,7 @@ class GenerationConfig:
             pb_relax_attention=args.pb_relax_attention,
             pb_relax_alpha=args.pb_relax_alpha,
             temperature=args.temperature,
-            top_k=args.top_k,
+            top_k=int(pick("top_k")),
             top_p=args.top_p,
             sampler=args.sampler,
             batch_size=args.batch_size,
@@ -277,6 +282,7 @@ class GenerationConfig:
                 args.guidance_top_k, None if "guidance_top_k" in explicit else stored.get("guidance_top_k"), int
             ),
             caption_rerank=bool(pick("caption_rerank")),
+            post_select=int(pick("post_select") or 0),
             caption_rerank_weight=float(pick("caption_rerank_weight") or 0.0),
             roi2_position_restart=pick("roi2_position_restart") is not False,
             input_source=args.input_source,

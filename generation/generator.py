@@ -12,7 +12,7 @@ import os
 import random
 import sys
 import time
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -162,12 +162,52 @@ class Generator:
     def text2image(self, query: Query) -> None:
         ids = self.parse(task_template("text2image", self.grid).format(query.fields[0]))
         start = time.time()
-        seqs = self.sample(ids, desc=f"line {query.line_number}", guidance=self.guidance(ids, "text2image"))
+        seqs, scores = self.text2image_sequences(ids, desc=f"line {query.line_number}")
         if not self.cfg.reports:
             return  # another slice of the model: the first one writes
+        if scores is not None:
+            print(
+                f"line {query.line_number}: best {len(seqs)} of {max(len(seqs), self.cfg.post_select)} by post-selection "
+                "(log p(text | image)): " + ", ".join(f"{s:.2f}" for s in scores),
+                flush=True,
+            )
         images = [self.last_image(s) for s in seqs]
         where = self.save(query, images)
         self.report(query, len(images), time.time() - start, where)
+
+    def text2image_sequences(
+        self, ids: List[int], batch_size: Optional[int] = None, desc: str = ""
+    ) -> Tuple[torch.Tensor, Optional[List[float]]]:
+        """``batch_size`` text2image samples of the query ``ids``, best first with their scores
+        when --post-select N draws more (max(N, batch_size)) and ranks them by
+        ``caption_scores`` (CogView's post-selection); otherwise the samples as drawn and None."""
+        n = batch_size or self.cfg.batch_size
+        draws = max(n, self.cfg.post_select)
+        seqs = self.sample(ids, batch_size=draws, desc=desc, guidance=self.guidance(ids, "text2image"))
+        if self.cfg.post_select <= 1:
+            return seqs, None
+        t = self.tokenizer
+        roi1, boi = ids.index(t["[ROI1]"]), ids.index(t["[BOI1]"])
+        codes = seqs[:, boi + 1 : boi + 1 + self.grid**2].tolist()
+        scores = self.caption_scores(ids[roi1 + 1 : boi - 1], codes)
+        order = sorted(range(draws), key=lambda i: -scores[i])[:n]
+        return seqs[order], [scores[i] for i in order]
+
+    def caption_scores(self, text_ids: Sequence[int], codes: Sequence[Sequence[int]]) -> List[float]:
+        """Post-selection score of each image (its codes) for a text: log p(text | image) by this
+        model's image->text direction (``inverse_prompt_score`` of ``[size] [BOI1] codes [EOI1]
+        [ROI1] text``); higher is better. QueryError when the row does not fit the positions."""
+        t = self.tokenizer
+        head = [t[SIZE_TOKENS[self.grid]], t["[BOI1]"]]
+        tail = [t["[EOI1]"], t["[ROI1]"], *text_ids]
+        check_positions(head + [0] * self.grid**2 + tail, self.roi2_id, self.max_positions)
+        if not codes:
+            return []
+        rows = torch.tensor([head + list(c) + tail for c in codes], device=self.device)
+        scores: List[float] = []
+        for chunk in rows.split(self.cfg.max_inference_batch_size):
+            scores.extend(inverse_prompt_score(self.model, chunk, t["[ROI1]"], t.num_image_tokens).tolist())
+        return scores
 
     def image2text(self, query: Query) -> None:
         ids = self.parse(task_template("image2text", self.grid).format(query.fields[0]))
@@ -426,7 +466,8 @@ def check_memory(cfg: GenerationConfig) -> None:
     free = free_memory_bytes(cfg.device)
     if not free or free <= 0:
         return
-    rows = min(cfg.batch_size, cfg.max_inference_batch_size)
+    drawn = max(cfg.batch_size, cfg.post_select) if cfg.task == "text2image" else cfg.batch_size
+    rows = min(drawn, cfg.max_inference_batch_size)
     per_sample = cfg.num_layers * 2 * cfg.max_position_embeddings * cfg.hidden_size * DTYPES[cfg.dtype].itemsize
     per_sample *= 2 if cfg.guidance(cfg.task)[0] else 1
     per_sample //= cfg.model_parallel_size  # each slice keeps its own heads' keys and values

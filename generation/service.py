@@ -28,8 +28,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from vqvae.image_io import center_crop, open_image, resize_shorter
 
 from .generator import Generator
-from .post_selection import inverse_prompt_score
-from .queries import QueryError, check_positions, parse_region, region_mask, task_template
+from .queries import QueryError, parse_region, region_mask, task_template
 from .sampling import count_to_generate
 
 MAX_TEXT_CHARS = 2000  # far beyond any model's positions; bounds the tokenizer's work on abuse
@@ -179,19 +178,11 @@ def text2image(
     ids = gen.parse(task_template("text2image", gen.grid).format(prompt))
     scorer = scorer or gen
     text_ids = scorer.tokenizer.parse_query(prompt)
-    t = scorer.tokenizer
-    size = ids[ids.index(gen.tokenizer["[BOI1]"]) - 1]
-    row_head = [size, t["[BOI1]"]]
-    row_tail = [t["[EOI1]"], t["[ROI1]"], *text_ids]
-    check_positions(row_head + [0] * gen.grid**2 + row_tail, scorer.roi2_id, scorer.max_positions)
+    scorer.caption_scores(text_ids, [])  # a prompt too long to score is refused before sampling
     request = for_request(gen, seed, count_to_generate(ids) * n, on_progress, temperature, top_k)
     seqs = request.sample(ids, batch_size=n, desc="web text2image", guidance=request.guidance(ids, "text2image"))
     boi = ids.index(gen.tokenizer["[BOI1]"])
-    codes = seqs[:, boi + 1 : boi + 1 + gen.grid**2].tolist()
-    rows = torch.tensor([row_head + c + row_tail for c in codes], device=scorer.device)
-    scores: List[float] = []
-    for chunk in rows.split(scorer.cfg.max_inference_batch_size):
-        scores.extend(inverse_prompt_score(scorer.model, chunk, t["[ROI1]"], t.num_image_tokens).tolist())
+    scores = scorer.caption_scores(text_ids, seqs[:, boi + 1 : boi + 1 + gen.grid**2].tolist())
     order = sorted(range(n), key=lambda i: -scores[i])
     return [ScoredImage(to_uint8(request.last_image(seqs[i])), scores[i], i) for i in order]
 

@@ -70,6 +70,9 @@ run_generate() {
       export OMP_NUM_THREADS=$(( per_proc > 0 ? per_proc : 1 ))
     fi
   fi
+  # TOPK unset: the checkpoint's recorded top_k (model_config.json), else the original's 200
+  local top_k=(--top_k "${TOPK:-200}")
+  if [ -z "${TOPK:-}" ] && grep -qs '"top_k"' "$CHECKPOINT_PATH/model_config.json"; then top_k=(); fi
   "${launcher[@]}" "$main_dir/generate_samples.py" \
          --deepspeed \
          "${MODEL_ARGS[@]}" \
@@ -77,7 +80,7 @@ run_generate() {
          --load "$CHECKPOINT_PATH" \
          --generation-task "$task" \
          --temperature "${TEMP:-1.0}" \
-         --top_k "${TOPK:-200}" \
+         "${top_k[@]}" \
          --top_p "${TOPP:-0}" \
          "$@"
 }

@@ -329,8 +329,9 @@ def test_first_sentence_cuts_generated_captions():
 
 @pytest.mark.slow
 def test_train_demo_script_end_to_end_and_resumable(tmp_path):
-    """scripts/train_demo.sh with tiny step counts: every stage runs, the exported models
-    drive generate_samples.py, and a second run skips what is done."""
+    """scripts/train_demo.sh with tiny step counts: every stage runs from an empty folder, the
+    exported models drive generate_samples.py and the evaluation, each stage's time is
+    recorded, and a second run skips what is done."""
     env = dict(
         os.environ,
         DEMO_DIR=str(tmp_path / "demo"),
@@ -348,6 +349,7 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
         SR_ROWS="24",
         SR_ITERS="2",
         SR_BATCH="4",
+        EVAL_ARGS="--prompts 1 --train-prompts 0 --sr-images 1",
         CUDA_VISIBLE_DEVICES="",
         FORCE_CPU="1",
     )
@@ -355,6 +357,15 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     first = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     pre = tmp_path / "pre"
+    stages = ["tokenizer", "vqvae", "vqvae-base", "gpt-data", "gpt", "sr-data", "sr", "export", "eval"]
+    times = (tmp_path / "demo" / "stage_times.tsv").read_text().splitlines()
+    assert [line.split("\t")[0] for line in times] == ["stage", *stages]
+    assert all(int(line.split("\t")[1]) >= 0 for line in times[1:])
+    assert "total" in first.stderr.split("stage times")[-1]
+    with open(tmp_path / "demo" / "eval.json") as f:  # the eval stage scored the exported models
+        scores = json.load(f)
+    assert scores["post_select"] == 8 and scores["super_resolution"]["top_k"] == 1
+    assert set(scores["text2image"]) == {"one", "two"}
     for path in (
         "text_tokenizer/shapes.model",
         "vqvae/shapes_vqvae.pt",
@@ -405,6 +416,8 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     assert config["guidance_top_k"] == {"text2image": 2} and "guidance_top_k" not in sr_config  # IMAGE_GUIDANCE_TOP_K
     assert config["caption_rerank"] is True and "caption_rerank" not in sr_config
     assert config["caption_rerank_weight"] == 3 and "caption_rerank_weight" not in sr_config  # CAPTION_RERANK_WEIGHT
+    assert config["post_select"] == 8 and "post_select" not in sr_config  # POST_SELECT
+    assert sr_config["top_k"] == 1 and "top_k" not in config  # SR_TOP_K
     assert os.path.samefile(
         os.path.join(pre, "cogview", "cogview-demo", config["txt_tokenizer_path"]),
         pre / "text_tokenizer" / "shapes.model",
@@ -414,23 +427,21 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     )
     second = subprocess.run(
         ["bash", script],
-        env=dict(env, STEPS="tokenizer vqvae gpt-data sr-data"),
+        env=dict(env, STEPS="tokenizer vqvae vqvae-base gpt-data gpt sr-data sr"),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert second.returncode == 0, second.stderr[-2000:]
     said = [
-        line
+        line.split(" (")[0]
         for line in second.stderr.splitlines()
-        if line.startswith("== train_demo:") and not line.startswith("== train_demo: done")
+        if line.startswith("== train_demo: [") and "stage times" not in line
     ]
-    # nothing is rebuilt; the data steps say which rows they kept and how to rebuild them
-    assert [line.split(" (")[0] for line in said] == [
-        f"== train_demo: keeping {tmp_path / 'demo' / 'gpt.lmdb'}",
-        f"== train_demo: keeping {tmp_path / 'demo' / 'sr.lmdb'}",
-    ], said
-    assert "SR_ROWS=24" in said[1] and "SR_LOW_LEVEL=0.25" in said[1]
+    # nothing is rebuilt or trained again
+    assert said == [f"== train_demo: [{k}/9] {name}: done already" for k, name in enumerate(stages[:7], 1)], said
+    bad = subprocess.run(["bash", script], env=dict(env, STEPS="gpt evaluate"), capture_output=True, text=True)
+    assert bad.returncode == 2 and "no stage 'evaluate'" in bad.stderr
     # about a quarter of the super-resolution rows are whole 64 px scenes -> 128 px (SR_LOW_LEVEL)
     from data_utils.datasets import LMDBDataset
     from data_utils.unified_tokenizer import UnifiedTokenizer

@@ -500,3 +500,34 @@ def test_roi2_position_restart_comes_from_the_checkpoint_config(assets, tmp_path
         (tmp_path / "in.txt").write_text(line[0] + "\n")
         assert generate_samples.main(argv) == 0
         assert fed[-1] is expected
+
+
+def test_post_select_keeps_the_best_draws(assets, tmp_path, capsys):
+    code, out = run(assets, tmp_path, "text2image", ["a red circle"], "--batch-size", "2", "--post-select", "4")
+    assert code == 0
+    said = capsys.readouterr().out
+    assert "line 1: best 2 of 4 by post-selection (log p(text | image)): " in said
+    scores = [float(s) for s in said.split("(log p(text | image)): ")[1].splitlines()[0].split(", ")]
+    assert len(scores) == 2 and scores[0] >= scores[1]
+    assert sorted(p.name for p in (out / "a_red_circle").glob("?.jpg")) == ["0.jpg", "1.jpg"]
+
+
+@pytest.mark.parametrize(
+    "config,topk,expected",
+    [({"top_k": 1}, None, None), ({}, None, "200"), ({"top_k": 1}, "7", "7")],
+)
+def test_scripts_take_top_k_from_the_checkpoint_unless_topk_is_set(tmp_path, config, topk, expected):
+    """TOPK unset: the checkpoint's recorded top_k (no --top_k passed), else the original's 200."""
+    import json
+
+    (tmp_path / "model_config.json").write_text(json.dumps(config))
+    snippet = (
+        'python3() { printf "%s\\n" "$@"; }; '  # prints the command line instead of running it
+        f'source "{ROOT}/scripts/generation_common.sh"; resolve_checkpoint x y; run_generate text2image'
+    )
+    env = dict(os.environ, CHECKPOINT_PATH=str(tmp_path))
+    env.pop("TOPK", None)
+    if topk:
+        env["TOPK"] = topk
+    args = subprocess.run(["bash", "-c", snippet], env=env, capture_output=True, text=True, timeout=60).stdout.split()
+    assert (args[args.index("--top_k") + 1] if "--top_k" in args else None) == expected

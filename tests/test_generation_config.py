@@ -34,6 +34,8 @@ STORED = {
     "guidance_top_k": {"text2image": 2},
     "caption_rerank": True,
     "caption_rerank_weight": 3,
+    "post_select": 8,
+    "top_k": 1,
 }
 
 
@@ -59,6 +61,7 @@ def test_checkpoint_values_fill_the_flags_not_given(tmp_path):
     assert cfg.txt_tokenizer_path == "/abs/sp.model"
     assert cfg.guidance("text2image") == (0.8, 2) and cfg.guidance("image2text") == (0.5, 0)
     assert cfg.caption_rerank is True and cfg.caption_rerank_weight == 3.0
+    assert cfg.post_select == 8 and cfg.top_k == 1
     assert cfg.hidden_size == cfg.gpt2_config(128).hidden_size and cfg.gpt2_config(128).vocab_size == 128
 
 
@@ -81,12 +84,17 @@ def test_a_given_flag_beats_the_checkpoint_even_at_its_default_value(tmp_path):
         "--roi2-position-restart",
         "--sr-text-length",
         "0",
+        "--post-select",
+        "0",
+        "--top_k",
+        "200",
     )
     assert cfg.num_layers == 5 and cfg.hidden_size == 48  # only the given flag
     assert cfg.guidance("text2image") == (0.0, 2) and cfg.guidance("image2text") == (0.0, 0)  # top-k: still the file's
     assert cfg.caption_rerank is False and cfg.caption_rerank_weight == 0.0
     assert cfg.img_tokenizer_path == "mine/vq.pt"  # a flag's path is the user's, not resolved against the file
     assert cfg.roi2_position_restart is True and cfg.sr_text_length == 0
+    assert cfg.post_select == 0 and cfg.top_k == 200
     top_k = build("--load", folder, "--device", "cpu", "--guidance-top-k", "7")
     assert top_k.guidance("text2image") == (0.8, 7) and top_k.guidance("image2text") == (0.5, 7)
 
@@ -99,6 +107,7 @@ def test_without_model_config_the_parser_defaults_hold(tmp_path):
     assert cfg.guidance("text2image") == (1.5, 0) and cfg.guidance("image2text") == (1.5, 0)
     assert cfg.caption_rerank is False and cfg.caption_rerank_weight == 0.0 and cfg.roi2_position_restart is True
     assert cfg.guidance("inpainting") == (0.0, 0)
+    assert cfg.post_select == 0 and cfg.top_k == defaults.top_k
 
 
 def test_explicit_dests_are_the_flags_given_whatever_their_value():
@@ -120,6 +129,8 @@ def test_explicit_dests_are_the_flags_given_whatever_their_value():
         ("caption_rerank", "yes"),
         ("caption_rerank_weight", None),
         ("roi2_position_restart", 0),
+        ("post_select", -1),
+        ("top_k", 1.5),
     ],
 )
 def test_a_mistyped_value_is_one_line_naming_file_and_key(tmp_path, capsys, key, value):

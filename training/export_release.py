@@ -2,7 +2,8 @@
 
     python -m training.export_release gpt SRC DST [--dtype float16] [--average OTHER ...] \
         [--img-tokenizer-path VQVAE.pt] [--txt-tokenizer-path TOK.model] [--guidance-scale TASK=S ...] \
-        [--guidance-top-k TASK=K ...] [--caption-rerank] [--caption-rerank-weight W]
+        [--guidance-top-k TASK=K ...] [--caption-rerank] [--caption-rerank-weight W] \
+        [--post-select N] [--top-k K]
     python -m training.export_release vqvae SRC.pt DST.pt
 
 gpt: reads the tracked iteration of SRC (the original layout), keeps only the weights
@@ -17,7 +18,9 @@ later checkpoint); the folder keeps SRC's iteration and config. --guidance-scale
 --guidance-top-k (repeatable) its --guidance-top-k; --caption-rerank records that
 image2text ranks its captions by log p(image | caption) by default, --caption-rerank-weight
 W that it adds W log p(caption | image) to that score (all of these only for a model
-trained on both directions).
+trained on both directions). --post-select N records text2image's post-selection (best of N
+by the caption direction, same models), --top-k K the sampling top-k of every task (e.g. 1 for
+a super-resolution model that should copy rather than invent).
 vqvae: the weights and constructor config of a vqvae.train checkpoint, without optimizer
 and RNG state (fp32: nearest-code search is sensitive to rounding).
 Every file is written atomically.
@@ -47,6 +50,8 @@ def export_gpt(
     caption_rerank: bool = False,
     caption_rerank_weight: Optional[float] = None,
     guidance_top_k: Optional[Dict[str, int]] = None,
+    post_select: Optional[int] = None,
+    top_k: Optional[int] = None,
 ) -> str:
     tag, _ = read_tracker(src)
     if tag is None:
@@ -75,6 +80,10 @@ def export_gpt(
         config["caption_rerank"] = True
     if caption_rerank_weight is not None:
         config["caption_rerank_weight"] = caption_rerank_weight
+    if post_select is not None:
+        config["post_select"] = post_select
+    if top_k is not None:
+        config["top_k"] = top_k
     file = save_checkpoint(dst, tag, cast)
     write_model_config(dst, config)
     return file
@@ -187,7 +196,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         metavar="W",
         help="gpt: ... + W log p(caption | image) (generate_samples.py's default)",
     )
+    p.add_argument(
+        "--post-select",
+        type=int,
+        metavar="N",
+        help="gpt: text2image keeps the best of N images by log p(text | image) (--post-select's default)",
+    )
+    p.add_argument("--top-k", type=int, metavar="K", help="gpt: the sampling --top_k generation uses by default")
     a = p.parse_args(argv)
+    for flag, value in (("--post-select", a.post_select), ("--top-k", a.top_k)):
+        if value is not None and value < 0:
+            p.error(f"{flag} {value}: must be 0 or more")
     try:
         if a.kind == "gpt":
             out = export_gpt(
@@ -201,6 +220,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 a.caption_rerank,
                 a.caption_rerank_weight,
                 dict(a.guidance_top_k),
+                a.post_select,
+                a.top_k,
             )
         else:
             if (
@@ -209,8 +230,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                 or a.guidance_top_k
                 or a.caption_rerank
                 or a.caption_rerank_weight is not None
+                or a.post_select is not None
+                or a.top_k is not None
             ):
-                p.error("--average, --guidance-scale/-top-k and --caption-rerank(-weight) are for gpt exports")
+                p.error(
+                    "--average, --guidance-scale/-top-k, --caption-rerank(-weight), --post-select and --top-k "
+                    "are for gpt exports"
+                )
             out = export_vqvae(a.src, a.dst)
     except (CheckpointError, OSError, ValueError) as exc:
         print(f"export_release: error: {exc}", file=sys.stderr)
