@@ -557,6 +557,46 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     assert "position table (264, 192) not loaded" in again.stdout + again.stderr
 
 
+@pytest.mark.slow
+def test_train_demo_stopped_inside_a_stage_records_its_time_and_finishes_on_rerun(tmp_path):
+    """A kill (or Ctrl-C) inside a stage: the sitting's time in that stage is recorded as
+    stopped, its output is not there, and the same command finishes it."""
+    import signal
+    import time
+
+    env = dict(
+        os.environ,
+        DEMO_DIR=str(tmp_path / "demo"),
+        PRETRAINED_DIR=str(tmp_path / "pre"),
+        STEPS="tokenizer vqvae",
+        VQ_IMAGES="64",
+        VQ_ITERS="100000",
+        CUDA_VISIBLE_DEVICES="",
+        FORCE_CPU="1",
+    )
+    script = os.path.join(ROOT, "scripts", "train_demo.sh")
+    log = tmp_path / "log.txt"
+    with open(log, "w") as err:
+        run = subprocess.Popen(["bash", script], env=env, stderr=err, stdout=err, start_new_session=True)
+        deadline = time.time() + 300
+        while not (tmp_path / "demo" / "vqvae_images.lmdb").exists() and time.time() < deadline:
+            time.sleep(0.2)  # inside the VQ-VAE stage once its images are written
+        time.sleep(2)
+        os.killpg(run.pid, signal.SIGTERM)
+        run.wait(timeout=120)
+    assert run.returncode != 0, log.read_text()[-2000:]
+    times = [line.split("\t") for line in (tmp_path / "demo" / "stage_times.tsv").read_text().splitlines()]
+    assert [(t[0], t[3]) for t in times[1:]] == [("tokenizer", "finished"), ("vqvae", "stopped")]
+    assert not (tmp_path / "demo" / "release" / "vqvae" / "shapes_vqvae.pt").exists()
+    env.update(VQ_ITERS="2", VQ_DECODER_ITERS="1", VQ_DECODER_IMAGES="8", VQ_WHOLE_ITERS="1")
+    again = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "[1/9] tokenizer: done already" in again.stderr
+    times = [line.split("\t") for line in (tmp_path / "demo" / "stage_times.tsv").read_text().splitlines()]
+    assert [(t[0], t[3]) for t in times[1:]] == [("tokenizer", "finished"), ("vqvae", "stopped"), ("vqvae", "finished")]
+    assert (tmp_path / "demo" / "release" / "vqvae" / "shapes_vqvae.pt").is_file()
+
+
 def test_eval_caption_flags_score_each_attribute():
     from demo import evaluate
     from demo.shapes import parse_caption
