@@ -83,12 +83,18 @@ main() {
 say() { echo "== train_demo: $* ($(date +%H:%M:%S))" >&2; }
 
 # stage <k/n> <name>: runs stage_<name> unless its output is there, and appends its time,
-# also when the sitting ends inside it (Ctrl-C, kill, an error): resumed, it adds another line
+# also when the sitting ends inside it (Ctrl-C, kill, an error): resumed, it adds another line.
+# A sitting killed outright (kill -9, power loss) runs no trap; its marker file, touched every
+# 30 s while the stage runs, gives that sitting's time on the next run.
 stage() {
   local n=$1 name=$2
+  record_killed_sitting
   if "done_${name//-/_}"; then say "[$n] $name: done already"; return; fi
   say "[$n] $name"
   STAGE_START=$(date +%s)
+  printf '%s\t%s\n' "$name" "$STAGE_START" > "$DEMO_DIR/stage_running"
+  ( while kill -0 $$ 2>/dev/null && [ -f "$DEMO_DIR/stage_running" ]; do
+      touch "$DEMO_DIR/stage_running"; sleep 30; done ) >/dev/null 2>&1 &
   trap 'record_time "$name" stopped' EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
@@ -97,9 +103,23 @@ stage() {
   record_time "$name" finished
 }
 record_time() {
+  rm -f "$DEMO_DIR/stage_running"
+  time_line "$1" "$(( $(date +%s) - STAGE_START ))" "$(date -u +%FT%TZ)" "$2"
+}
+time_line() {
   [ -f "$DEMO_DIR/stage_times.tsv" ] || printf 'stage\tseconds\tended\thow\n' > "$DEMO_DIR/stage_times.tsv"
-  printf '%s\t%s\t%s\t%s\n' "$1" "$(( $(date +%s) - STAGE_START ))" "$(date -u +%FT%TZ)" "$2" \
-      >> "$DEMO_DIR/stage_times.tsv"
+  printf '%s\t%s\t%s\t%s\n' "$@" >> "$DEMO_DIR/stage_times.tsv"
+}
+# a marker left behind means the last sitting was killed inside that stage: its time runs from
+# the stage's start to the marker's last touch
+record_killed_sitting() {
+  local marker="$DEMO_DIR/stage_running" name start last
+  [ -f "$marker" ] || return 0
+  read -r name start < "$marker" || true
+  last=$(stat -c %Y "$marker")
+  rm -f "$marker"
+  [[ $start =~ ^[0-9]+$ ]] || return 0
+  time_line "$name" "$(( last - start ))" "$(date -u -d "@$last" +%FT%TZ)" killed
 }
 
 # the iteration a training run's tracker names (0 when it has none)

@@ -329,6 +329,35 @@ def test_first_sentence_cuts_generated_captions():
     assert first_sentence("no end mark") == "no end mark"
 
 
+def test_train_demo_records_a_sitting_killed_outright(tmp_path):
+    """kill -9 runs no trap: the stage's marker file, left behind, gives that sitting's time
+    (start to last touch) as a `killed` line on the next run, before anything else."""
+    demo = tmp_path / "demo"
+    env = dict(os.environ, DEMO_DIR=str(demo), STEPS="tokenizer", CUDA_VISIBLE_DEVICES="", FORCE_CPU="1")
+    script = os.path.join(ROOT, "scripts", "train_demo.sh")
+    killed = subprocess.Popen(
+        ["bash", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    marker = demo / "stage_running"
+    deadline = time.time() + 60
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait(timeout=30)
+    assert marker.read_text().split("\t")[0] == "tokenizer" and not (demo / "stage_times.tsv").exists()
+    start = int(marker.read_text().split()[1])
+    os.utime(marker, (start + 42, start + 42))  # as if its last touch came 42 s in
+    tokenizer = demo / "release" / "text_tokenizer" / "shapes.model"
+    tokenizer.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.write_bytes(b"")  # the stage is done: the rerun only records the killed sitting
+    rerun = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60)
+    assert rerun.returncode == 0, rerun.stderr
+    lines = [line.split("\t") for line in (demo / "stage_times.tsv").read_text().splitlines()]
+    assert lines[0] == ["stage", "seconds", "ended", "how"]
+    assert [(t[0], t[1], t[3]) for t in lines[1:]] == [("tokenizer", "42", "killed")]
+    assert not marker.exists() and "tokenizer: done already" in rerun.stderr
+
+
 @pytest.mark.slow
 def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     """scripts/train_demo.sh with tiny step counts: every stage runs from an empty folder (the
@@ -379,7 +408,7 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
         ("vqvae", "finished"),
     ]
     assert [t[0] for t in times[3:]] == stages[1:] and all(int(t[1]) >= 0 for t in times[1:])
-    assert "total" in first.stderr.split("stage times")[-1]
+    assert "total" in first.stderr.split("stage times")[-1] and not (tmp_path / "demo" / "stage_running").exists()
     with open(tmp_path / "demo" / "eval.json") as f:  # the eval stage scored the exported models
         scores = json.load(f)
     assert scores["post_select"] == 8 and scores["super_resolution"]["top_k"] == 1
