@@ -1,7 +1,7 @@
 """Evaluate the shipped demo models on held-out shapes scenes (scripts/eval_demo.sh).
 
     python -m demo.evaluate [--model pretrained/cogview/cogview-demo]
-        [--sr-model pretrained/cogview/cogview-demo-sr] [--prompts 100] [--write-results]
+        [--sr-model pretrained/cogview/cogview-demo-sr] [--prompts 100] [--write-results [FILE]]
 
 Every scored prompt and image comes from held-out scenes (demo.shapes.HELD_OUT_PAIRS: a
 (colour, shape) pair the models never saw). Images are scored by the grammar checker
@@ -728,7 +728,14 @@ def main(argv=None) -> int:
         "activations)",
     )
     p.add_argument("--json", help="also write the numbers to this file")
-    p.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
+    p.add_argument(
+        "--write-results",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="FILE",
+        help="write the table to FILE (default bench/RESULTS.md)",
+    )
     p.add_argument(
         "--picture",
         metavar="PNG",
@@ -754,15 +761,14 @@ def main(argv=None) -> int:
             json.dump(results, f, indent=1, ensure_ascii=False)
     text = report(results)
     print(text)
-    if a.write_results:
-        from bench.results import write_section
+    if a.write_results is not None:
+        from bench.results import RESULTS, write_section
 
         if a.weights == "float32":
-            write_section("Demo model evaluation (scripts/eval_demo.sh)", text)
+            section = "Demo model evaluation (scripts/eval_demo.sh)"
         else:  # a section of its own: the shipped format's numbers stay
-            write_section(
-                f"Demo model evaluation, {a.weights} weights (scripts/eval_demo.sh --weights {a.weights})", text
-            )
+            section = f"Demo model evaluation, {a.weights} weights (scripts/eval_demo.sh --weights {a.weights})"
+        write_section(section, text, a.write_results or RESULTS)
     return 0
 
 

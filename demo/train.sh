@@ -55,7 +55,8 @@ CAPTION_GUIDANCE=${CAPTION_GUIDANCE:-0.5} # image2text --guidance-scale (0: off)
 CAPTION_RERANK_WEIGHT=${CAPTION_RERANK_WEIGHT:-3} # image2text --caption-rerank-weight
 SR_TOP_K=${SR_TOP_K:-1}                 # super-resolution --top_k (1: the most likely code)
 PRETRAINED_DIR=${PRETRAINED_DIR:-pretrained}   # where the export stage puts the finished models
-EVAL_ARGS=${EVAL_ARGS:---write-results}        # demo/evaluate.py flags of the eval stage
+RESULTS=${RESULTS-bench/RESULTS.md}           # where the evaluation and the stage times go (empty: nowhere)
+EVAL_ARGS=${EVAL_ARGS:-}                       # more demo/evaluate.py flags for the eval stage
 
 main() {
   # the whole recipe is read before it runs, so editing this file cannot change a running stage
@@ -74,10 +75,8 @@ main() {
     stage "$k/${#all[@]}" "$name"
   done
   say "done; stage times (seconds, summed over sittings) in $DEMO_DIR/stage_times.tsv:"
-  awk -F'\t' 'NR > 1 { s[$1] += $2; if (!($1 in o)) { o[$1] = n++ } }
-      END { for (k in o) order[o[k]] = k; t = 0
-            for (i = 0; i < n; i++) { printf "  %-12s %7.0f\n", order[i], s[order[i]]; t += s[order[i]] }
-            printf "  %-12s %7.0f\n", "total", t }' "$DEMO_DIR/stage_times.tsv" >&2
+  [ ! -f "$DEMO_DIR/stage_times.tsv" ] ||
+    "$PYTHON" -m demo.stage_times "$DEMO_DIR/stage_times.tsv" ${RESULTS:+--write-results "$RESULTS"}
 }
 
 say() { echo "== train_demo: $* ($(date +%H:%M:%S))" >&2; }
@@ -279,7 +278,8 @@ stage_eval() {
   # held-out prompts and images, scored by the grammar's checker (demo/evaluate.py)
   # shellcheck disable=SC2086  # EVAL_ARGS is a list of flags
   "$PYTHON" -m demo.evaluate --model "$PRETRAINED_DIR/cogview/cogview-demo" \
-      --sr-model "$PRETRAINED_DIR/cogview/cogview-demo-sr" --json "$DEMO_DIR/eval.json" $EVAL_ARGS
+      --sr-model "$PRETRAINED_DIR/cogview/cogview-demo-sr" --json "$DEMO_DIR/eval.json" \
+      ${RESULTS:+--write-results "$RESULTS"} $EVAL_ARGS
 }
 
 main "$@"; exit

@@ -16,6 +16,7 @@ SCRIPTS = (
     "bench/bench_big.py",
     "bench/bench_threads.py",
     "eval_demo.sh",
+    "train_demo.sh",
 )
 
 

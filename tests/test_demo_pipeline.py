@@ -333,7 +333,7 @@ def test_train_demo_records_a_sitting_killed_outright(tmp_path):
     """kill -9 runs no trap: the stage's marker file, left behind, gives that sitting's time
     (start to last touch) as a `killed` line on the next run, before anything else."""
     demo = tmp_path / "demo"
-    env = dict(os.environ, DEMO_DIR=str(demo), STEPS="tokenizer", CUDA_VISIBLE_DEVICES="", FORCE_CPU="1")
+    env = dict(os.environ, DEMO_DIR=str(demo), STEPS="tokenizer", RESULTS="", CUDA_VISIBLE_DEVICES="", FORCE_CPU="1")
     script = os.path.join(ROOT, "scripts", "train_demo.sh")
     killed = subprocess.Popen(
         ["bash", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -381,6 +381,7 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
         SR_ITERS="2",
         SR_BATCH="4",
         EVAL_ARGS="--prompts 1 --train-prompts 0 --sr-images 1",
+        RESULTS=str(tmp_path / "RESULTS.md"),
         CUDA_VISIBLE_DEVICES="",
         FORCE_CPU="1",
     )
@@ -409,6 +410,11 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     ]
     assert [t[0] for t in times[3:]] == stages[1:] and all(int(t[1]) >= 0 for t in times[1:])
     assert "total" in first.stderr.split("stage times")[-1] and not (tmp_path / "demo" / "stage_running").exists()
+    # a complete run writes its evaluation and its stage times to RESULTS
+    results = (tmp_path / "RESULTS.md").read_text()
+    assert "## Demo model evaluation (scripts/eval_demo.sh)" in results
+    assert "## Demo recipe from nothing (scripts/train_demo.sh)" in results
+    assert "| vqvae | " in results and "| 2 (1 stopped) |" in results and "| total | " in results
     with open(tmp_path / "demo" / "eval.json") as f:  # the eval stage scored the exported models
         scores = json.load(f)
     assert scores["post_select"] == 8 and scores["super_resolution"]["top_k"] == 1
