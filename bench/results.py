@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -46,3 +47,16 @@ def write_section(name: str, body: str, path: str = RESULTS) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     write_text_atomic(path, text)
+
+
+def add_write_results_argument(parser: argparse.ArgumentParser) -> None:
+    """``--write-results [FILE]`` of the scripts that write results on request: None when not
+    given, else the file (RESULTS when given bare)."""
+    parser.add_argument(
+        "--write-results",
+        nargs="?",
+        const=RESULTS,
+        default=None,
+        metavar="FILE",
+        help=f"write the table to FILE (default {os.path.relpath(RESULTS)})",
+    )

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.results import add_write_results_argument, write_section
 from demo.checker import check_image
 from demo.shapes import Scene, all_scenes, caption, parse_caption, render
 from generation.queries import size_token
@@ -728,14 +729,7 @@ def main(argv=None) -> int:
         "activations)",
     )
     p.add_argument("--json", help="also write the numbers to this file")
-    p.add_argument(
-        "--write-results",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="FILE",
-        help="write the table to FILE (default bench/RESULTS.md)",
-    )
+    add_write_results_argument(p)
     p.add_argument(
         "--picture",
         metavar="PNG",
@@ -762,13 +756,11 @@ def main(argv=None) -> int:
     text = report(results)
     print(text)
     if a.write_results is not None:
-        from bench.results import RESULTS, write_section
-
         if a.weights == "float32":
             section = "Demo model evaluation (scripts/eval_demo.sh)"
         else:  # a section of its own: the shipped format's numbers stay
             section = f"Demo model evaluation, {a.weights} weights (scripts/eval_demo.sh --weights {a.weights})"
-        write_section(section, text, a.write_results or RESULTS)
+        write_section(section, text, a.write_results)
     return 0
 
 

@@ -13,6 +13,8 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 
+from bench.results import add_write_results_argument, write_section
+
 STAGES = ("tokenizer", "vqvae", "vqvae-base", "gpt-data", "gpt", "sr-data", "sr", "export", "eval")
 SECTION = "Demo recipe from nothing (scripts/train_demo.sh)"
 
@@ -84,14 +86,7 @@ def results_table(times: dict[str, StageTime]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("times", help="the recipe's stage_times.tsv")
-    p.add_argument(
-        "--write-results",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="FILE",
-        help="when every stage has finished, write the table to FILE (default bench/RESULTS.md)",
-    )
+    add_write_results_argument(p)
     a = p.parse_args(argv)
     try:
         times = read_times(a.times)
@@ -104,10 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             print(f"stage_times: not written to the results: stages not finished: {' '.join(missing)}", file=sys.stderr)
             return 0
-        from bench.results import RESULTS, write_section
-
-        write_section(SECTION, results_table(times), a.write_results or RESULTS)
-        print(f"stage_times: wrote '{SECTION}' to {a.write_results or RESULTS}", file=sys.stderr)
+        write_section(SECTION, results_table(times), a.write_results)
+        print(f"stage_times: wrote '{SECTION}' to {a.write_results}", file=sys.stderr)
     return 0
 
 
