@@ -65,6 +65,7 @@ main() {
   local vqvae_base="$work/vqvae/shapes_vqvae_base.pt"
   if has_gpu; then DEVICE=(--device cuda); else cpu_environment; DEVICE=(--device cpu); fi
   mkdir -p "$DEMO_DIR" "$ckpt"
+  record_killed_sitting
   local all=(tokenizer vqvae vqvae-base gpt-data gpt sr-data sr export eval) name k=0
   for name in $STEPS; do
     [[ " ${all[*]} " == *" $name "* ]] || { echo "error: STEPS: no stage '$name' (stages: ${all[*]})" >&2; exit 2; }
@@ -84,10 +85,9 @@ say() { echo "== train_demo: $* ($(date +%H:%M:%S))" >&2; }
 # stage <k/n> <name>: runs stage_<name> unless its output is there, and appends its time,
 # also when the sitting ends inside it (Ctrl-C, kill, an error): resumed, it adds another line.
 # A sitting killed outright (kill -9, power loss) runs no trap; its marker file, touched every
-# 30 s while the stage runs, gives that sitting's time on the next run.
+# 30 s while the stage runs, gives that sitting's time when the next run starts.
 stage() {
   local n=$1 name=$2
-  record_killed_sitting
   if "done_${name//-/_}"; then say "[$n] $name: done already"; return; fi
   say "[$n] $name"
   STAGE_START=$(date +%s)
