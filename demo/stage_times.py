@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from bench.results import add_write_results_argument, write_section
 
-STAGES = ("tokenizer", "vqvae", "vqvae-base", "gpt-data", "gpt", "sr-data", "sr", "export", "eval")
+STAGES = ("tokenizer", "vqvae", "vqvae-base", "gpt-data", "gpt", "gpt-dropout", "sr-data", "sr", "export", "eval")
 SECTION = "Demo recipe from nothing (scripts/train_demo.sh)"
 
 

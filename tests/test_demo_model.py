@@ -203,3 +203,26 @@ def test_text2image_post_selection_keeps_the_best_draws_first():
     assert torch.equal(seqs, draws[best]) and np.allclose(scores, [all_scores[i] for i in best])
     unranked, none = plain.gen.text2image_sequences(ids, batch_size=2)
     assert none is None and len(unranked) == 2
+
+
+def test_binding_probe_finds_the_shipped_model_bound_and_wrong_captions_distinct(tmp_path):
+    """demo/binding.py: on training-split two-object scenes the shipped model prefers the true
+    caption to the inverted relation and to the swapped colours, in both directions and both
+    languages; its wrong captions change exactly one attribute."""
+    from demo.binding import binding_margins, wrong_caption_scene
+    from demo.evaluate import Demo, evaluation_scenes
+    from demo.shapes import caption
+
+    scenes = evaluation_scenes(4, 11, "train")["two"]
+    for scene in scenes:
+        inverted, swapped = wrong_caption_scene(scene, "relation"), wrong_caption_scene(scene, "colours")
+        assert inverted.relation != scene.relation and inverted.mirrored().relation == scene.relation
+        assert (swapped.first.colour, swapped.second.colour) == (scene.second.colour, scene.first.colour)
+        assert swapped.first.shape == scene.first.shape and caption(swapped) != caption(scene)
+    with pytest.raises(ValueError, match="two-object"):
+        wrong_caption_scene(evaluation_scenes(1, 11, "train")["one"][0], "relation")
+    margins = binding_margins(Demo(DEMO), scenes)
+    for lang in ("en", "zh"):
+        for kind in ("relation", "colours"):
+            for direction, score in margins[lang][kind].items():
+                assert score["margin"] > 0 and score["preferred"] >= 75, (lang, kind, direction, score)

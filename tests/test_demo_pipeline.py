@@ -376,6 +376,7 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
         VQ_BASE_IMAGES="16",
         GPT_ROWS="48",
         GPT_ITERS="3",
+        GPT_DROPOUT_ITERS="2",
         GPT_BATCH="4",
         SR_ROWS="24",
         SR_ITERS="2",
@@ -399,9 +400,9 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     assert stopped.returncode != 0 and not (tmp_path / "demo" / "release" / "vqvae" / "shapes_vqvae.pt").exists()
     first = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "[1/9] tokenizer: done already" in first.stderr
+    assert "[1/10] tokenizer: done already" in first.stderr
     pre = tmp_path / "pre"
-    stages = ["tokenizer", "vqvae", "vqvae-base", "gpt-data", "gpt", "sr-data", "sr", "export", "eval"]
+    stages = ["tokenizer", "vqvae", "vqvae-base", "gpt-data", "gpt", "gpt-dropout", "sr-data", "sr", "export", "eval"]
     times = [line.split("\t") for line in (tmp_path / "demo" / "stage_times.tsv").read_text().splitlines()]
     assert [(t[0], t[3]) for t in times[1:4]] == [
         ("tokenizer", "finished"),
@@ -447,14 +448,19 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     assert all(torch.equal(base[k], v) for k, v in vqvae.load_model(ckpts / "vqvae-base").state_dict().items())
     assert not all(torch.equal(base[k], v) for k, v in shipped.items() if k.startswith("enc"))
 
-    # the base GPT trains with GPT_WEIGHT_DECAY (0.1, with GPT_DROPOUT), the SR GPT with 0.01
+    # the base GPT trains with GPT_WEIGHT_DECAY (0.1) in both its runs, the SR GPT with 0.01
     def weight_decay(name):
         run = ckpts / name
         it = (run / "latest_checkpointed_iteration.txt").read_text().strip()
         state = torch.load(run / it / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
         return max(group["weight_decay"] for group in state["optimizer"]["param_groups"])
 
-    assert weight_decay("cogview-demo") == 0.1 and weight_decay("cogview-demo-sr") == 0.01
+    assert weight_decay("cogview-demo-fit") == weight_decay("cogview-demo") == 0.1
+    assert weight_decay("cogview-demo-sr") == 0.01
+    # the dropout run starts from the first run's last weights, at iteration 0 of its own schedule
+    assert (ckpts / "cogview-demo-fit" / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    assert (ckpts / "cogview-demo" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    assert "loaded the weights of" in first.stdout + first.stderr
     with open(pre / "cogview" / "cogview-demo-sr" / "model_config.json") as f:
         sr_config = json.load(f)  # positions count on through [ROI2]; the table starts aligned
     assert sr_config["max_position_embeddings"] == 352 and sr_config["roi2_position_restart"] is False
@@ -480,7 +486,7 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     )
     second = subprocess.run(
         ["bash", script],
-        env=dict(env, STEPS="tokenizer vqvae vqvae-base gpt-data gpt sr-data sr"),
+        env=dict(env, STEPS="tokenizer vqvae vqvae-base gpt-data gpt gpt-dropout sr-data sr"),
         capture_output=True,
         text=True,
         timeout=300,
@@ -492,7 +498,7 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
         if line.startswith("== train_demo: [") and "stage times" not in line
     ]
     # nothing is rebuilt or trained again
-    assert said == [f"== train_demo: [{k}/9] {name}: done already" for k, name in enumerate(stages[:7], 1)], said
+    assert said == [f"== train_demo: [{k}/10] {name}: done already" for k, name in enumerate(stages[:8], 1)], said
     bad = subprocess.run(["bash", script], env=dict(env, STEPS="gpt evaluate"), capture_output=True, text=True)
     assert bad.returncode == 2 and "no stage 'evaluate'" in bad.stderr
     # about a quarter of the super-resolution rows are whole 64 px scenes -> 128 px (SR_LOW_LEVEL)
@@ -572,12 +578,14 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
     for name in ("cogview-demo", "cogview-demo-sr"):
         shutil.rmtree(tmp_path / "demo" / "checkpoints" / name)
         shutil.copytree(pre / "cogview" / name, tmp_path / "init" / name)
+    shutil.rmtree(tmp_path / "demo" / "checkpoints" / "cogview-demo-fit")
     cont = subprocess.run(
         ["bash", script],
         env=dict(
             env,
-            STEPS="gpt sr export",
+            STEPS="gpt gpt-dropout sr export",
             GPT_ITERS="2",
+            GPT_DROPOUT_ITERS="1",
             SR_ITERS="1",
             GPT_INIT=str(tmp_path / "init" / "cogview-demo"),
             SR_INIT=str(tmp_path / "init" / "cogview-demo-sr"),
@@ -587,9 +595,11 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
         timeout=300,
     )
     assert cont.returncode == 0, cont.stderr[-3000:]
-    assert (pre / "cogview" / "cogview-demo" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    assert (ckpts / "cogview-demo-fit" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    assert (pre / "cogview" / "cogview-demo" / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
     assert (pre / "cogview" / "cogview-demo-sr" / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
-    assert (cont.stdout + cont.stderr).count("loaded the weights of") == 2
+    # GPT_INIT -> the first run, the first run -> the dropout run, SR_INIT -> the SR run
+    assert (cont.stdout + cont.stderr).count("loaded the weights of") == 3
     # a super-resolution checkpoint with another position table (the 264-row model shipped before
     # --magnify-position-init) starts a run with everything but its table
     from arch.checkpoint import load_checkpoint_state, save_checkpoint
