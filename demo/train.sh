@@ -97,7 +97,8 @@ stage() {
   printf '%s\t%s\n' "$name" "$STAGE_START" > "$DEMO_DIR/stage_running"
   ( while kill -0 $$ 2>/dev/null && [ -f "$DEMO_DIR/stage_running" ]; do
       touch "$DEMO_DIR/stage_running"; sleep 30; done ) >/dev/null 2>&1 &
-  trap 'record_time "$name" stopped' EXIT
+  # shellcheck disable=SC2064  # the name now: a stage's own functions may set a local "name"
+  trap "record_time $name stopped" EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
   "stage_${name//-/_}"
@@ -185,21 +186,21 @@ stage_gpt_data() {
       --img-size "$IMG_SIZE" --vqvae "$vqvae_base" --txt-tokenizer-path "$tokenizer.model"
 }
 
-# train_gpt <name> <data> <iterations> <batch> <positions> <layers> <hidden> <heads> <lr> [flags...]
+# train_gpt <run> <data> <iterations> <batch> <positions> <layers> <hidden> <heads> <lr> [flags...]
 # (INIT: first run from those weights; DROPOUT, WEIGHT_DECAY, TRAIN_VQVAE, TRAIN_IMG_SIZE)
 train_gpt() {
-  local name=$1 data=$2 iters=$3 batch=$4 positions=$5 layers=$6 hidden=$7 heads=$8 lr=$9
+  local run=$1 data=$2 iters=$3 batch=$4 positions=$5 layers=$6 hidden=$7 heads=$8 lr=$9
   shift 9
-  mkdir -p "$ckpt/$name"  # a fixed folder: --load of an empty folder starts from scratch
-  local load=(--load "$ckpt/$name")  # resume this run when it has a checkpoint
-  if [ ! -f "$ckpt/$name/latest_checkpointed_iteration.txt" ] && [ -n "${INIT:-}" ]; then
+  mkdir -p "$ckpt/$run"  # a fixed folder: --load of an empty folder starts from scratch
+  local load=(--load "$ckpt/$run")  # resume this run when it has a checkpoint
+  if [ ! -f "$ckpt/$run/latest_checkpointed_iteration.txt" ] && [ -n "${INIT:-}" ]; then
     # first run from given weights: weights only, iteration 0. The run is named after the
     # --load folder, so the weights are reached through a link named like this run.
     mkdir -p "$DEMO_DIR/init"
-    ln -sfn "$(realpath "$INIT")" "$DEMO_DIR/init/$name"
-    load=(--load "$DEMO_DIR/init/$name" --finetune)
+    ln -sfn "$(realpath "$INIT")" "$DEMO_DIR/init/$run"
+    load=(--load "$DEMO_DIR/init/$run" --finetune)
   fi
-  "$PYTHON" pretrain_gpt2.py --experiment-name "$name" "${load[@]}" --save "$ckpt" \
+  "$PYTHON" pretrain_gpt2.py --experiment-name "$run" "${load[@]}" --save "$ckpt" \
       --train-data "$data" --dataset-type TokenizedDataset --split 995,5,0 \
       --img-tokenizer-path "$TRAIN_VQVAE" --txt-tokenizer-path "$tokenizer.model" --img-size "$TRAIN_IMG_SIZE" \
       --num-layers "$layers" --hidden-size "$hidden" --num-attention-heads "$heads" \
@@ -223,11 +224,11 @@ stage_gpt() {
 done_gpt_dropout() { [ "$(trained_to "$ckpt/cogview-demo")" -ge "$GPT_DROPOUT_ITERS" ]; }
 stage_gpt_dropout() {
   # Dropout and weight decay 0.1: without them the GPT draws a (colour, shape) pair it never
-  # saw as a shape it has seen with that colour (bench/RESULTS.md). Weights only from the
-  # first run, a fresh cosine schedule at a lower rate; a different seed orders the rows anew.
+  # saw as a shape it has seen with that colour (docs/demo-design.md). Weights only from the
+  # first run, then a fresh cosine schedule at a lower rate.
   INIT=$ckpt/cogview-demo-fit DROPOUT=$GPT_DROPOUT WEIGHT_DECAY=$GPT_WEIGHT_DECAY TRAIN_VQVAE=$vqvae_base \
-  TRAIN_IMG_SIZE=$IMG_SIZE SEED=$((SEED + 1)) train_gpt cogview-demo "$DEMO_DIR/gpt.lmdb" "$GPT_DROPOUT_ITERS" \
-      "$GPT_BATCH" "$GPT_POSITIONS" 8 256 8 "$GPT_DROPOUT_LR"
+  TRAIN_IMG_SIZE=$IMG_SIZE train_gpt cogview-demo "$DEMO_DIR/gpt.lmdb" "$GPT_DROPOUT_ITERS" "$GPT_BATCH" \
+      "$GPT_POSITIONS" 8 256 8 "$GPT_DROPOUT_LR"
 }
 
 done_sr_data() { [ -d "$DEMO_DIR/sr.lmdb" ]; }

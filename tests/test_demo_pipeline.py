@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -387,35 +388,48 @@ def test_train_demo_script_end_to_end_and_resumable(tmp_path):
         FORCE_CPU="1",
     )
     script = os.path.join(ROOT, "scripts", "train_demo.sh")
-    # killed inside the VQ-VAE stage (once its images are written): that sitting's time in the
-    # stage is recorded as stopped, its output is not there, and the same command goes on
-    with open(tmp_path / "stopped.txt", "w") as log:
-        stopped = subprocess.Popen(["bash", script], env=env, stdout=log, stderr=log, start_new_session=True)
-        deadline = time.time() + 300
-        while not (tmp_path / "demo" / "vqvae_images.lmdb").exists() and time.time() < deadline:
-            time.sleep(0.2)
-        time.sleep(1)
-        os.killpg(stopped.pid, signal.SIGTERM)
-        stopped.wait(timeout=120)
-    assert stopped.returncode != 0 and not (tmp_path / "demo" / "release" / "vqvae" / "shapes_vqvae.pt").exists()
+
+    # killed inside the VQ-VAE stage (once its images are written), then inside the GPT stage
+    # (once its run's folder is there): each sitting's time in its stage is recorded as
+    # stopped, under the stage's name, its output is not there, and the same command goes on
+    def stopped_when(path):
+        with open(tmp_path / "stopped.txt", "a") as log:
+            stopped = subprocess.Popen(["bash", script], env=env, stdout=log, stderr=log, start_new_session=True)
+            deadline = time.time() + 300
+            while not path.exists() and time.time() < deadline:
+                time.sleep(0.2)
+            time.sleep(1)
+            os.killpg(stopped.pid, signal.SIGTERM)
+            stopped.wait(timeout=120)
+        assert stopped.returncode != 0
+
+    stopped_when(tmp_path / "demo" / "vqvae_images.lmdb")
+    assert not (tmp_path / "demo" / "release" / "vqvae" / "shapes_vqvae.pt").exists()
+    stopped_when(tmp_path / "demo" / "checkpoints" / "cogview-demo-fit")
+    assert not (tmp_path / "demo" / "checkpoints" / "cogview-demo").exists()
     first = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "[1/10] tokenizer: done already" in first.stderr
     pre = tmp_path / "pre"
     stages = ["tokenizer", "vqvae", "vqvae-base", "gpt-data", "gpt", "gpt-dropout", "sr-data", "sr", "export", "eval"]
     times = [line.split("\t") for line in (tmp_path / "demo" / "stage_times.tsv").read_text().splitlines()]
-    assert [(t[0], t[3]) for t in times[1:4]] == [
+    assert [(t[0], t[3]) for t in times[1:]] == [
         ("tokenizer", "finished"),
         ("vqvae", "stopped"),
         ("vqvae", "finished"),
-    ]
-    assert [t[0] for t in times[3:]] == stages[1:] and all(int(t[1]) >= 0 for t in times[1:])
+        ("vqvae-base", "finished"),
+        ("gpt-data", "finished"),
+        ("gpt", "stopped"),
+        ("gpt", "finished"),
+    ] + [(name, "finished") for name in stages[5:]]
+    assert all(int(t[1]) >= 0 for t in times[1:])
     assert "total" in first.stderr.split("stage times")[-1] and not (tmp_path / "demo" / "stage_running").exists()
     # a complete run writes its evaluation and its stage times to RESULTS
     results = (tmp_path / "RESULTS.md").read_text()
     assert "## Demo model evaluation (scripts/eval_demo.sh)" in results
     assert "## Demo recipe from nothing (scripts/train_demo.sh)" in results
     assert "| vqvae | " in results and "| 2 (1 stopped) |" in results and "| total | " in results
+    assert re.search(r"\| gpt \| [^|]+ \| 2 \(1 stopped\) \|", results), results
     with open(tmp_path / "demo" / "eval.json") as f:  # the eval stage scored the exported models
         scores = json.load(f)
     assert scores["post_select"] == 8 and scores["super_resolution"]["top_k"] == 1
