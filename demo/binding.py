@@ -41,23 +41,27 @@ def wrong_caption_scene(scene: Scene, kind: str) -> Scene:
 def binding_margins(demo, scenes: List[Scene], languages=("en", "zh")) -> Dict[str, Dict[str, dict]]:
     """language -> kind -> {text2image, image2text: {"preferred": %, "margin": mean nats}}."""
     from generation.post_selection import image_given_text_score
+    from generation.queries import size_token
 
     gen, tok = demo.gen, demo.tok
     codes = [demo.encode(render(s, gen.grid * 8)) for s in scenes]
-    size = demo._caption_query(codes[0])[0]  # the query's size token
+    size = tok.command_tokens[size_token(gen.grid)]
+
+    def scores(ids, c):  # (log p(codes | caption), log p(caption | codes))
+        row = [tok["[ROI1]"], *ids, size, tok["[BOI1]"], *c]
+        text2image = image_given_text_score(gen.model, [row], tok["[BOI1]"], tok.num_image_tokens)[0].item()
+        return text2image, gen.caption_scores(ids, [c])[0]
+
     result: Dict[str, Dict[str, dict]] = {}
     for lang in languages:
         result[lang] = {}
+        truths = [scores(tok.EncodeAsIds(caption(s, lang)), c) for s, c in zip(scenes, codes)]
         for kind in WRONG_KINDS:
             margins = {"text2image": [], "image2text": []}
-            for scene, c in zip(scenes, codes):
-                true_ids = tok.EncodeAsIds(caption(scene, lang))
-                wrong_ids = tok.EncodeAsIds(caption(wrong_caption_scene(scene, kind), lang))
-                rows = [[tok["[ROI1]"], *ids, size, tok["[BOI1]"], *c] for ids in (true_ids, wrong_ids)]
-                truth, wrong = image_given_text_score(gen.model, rows, tok["[BOI1]"], tok.num_image_tokens).tolist()
-                margins["text2image"].append(truth - wrong)
-                truth, wrong = gen.caption_scores(true_ids, [c])[0], gen.caption_scores(wrong_ids, [c])[0]
-                margins["image2text"].append(truth - wrong)
+            for scene, c, truth in zip(scenes, codes, truths):
+                wrong = scores(tok.EncodeAsIds(caption(wrong_caption_scene(scene, kind), lang)), c)
+                margins["text2image"].append(truth[0] - wrong[0])
+                margins["image2text"].append(truth[1] - wrong[1])
             result[lang][kind] = {
                 direction: {
                     "preferred": round(100.0 * sum(m > 0 for m in values) / len(values), 1),

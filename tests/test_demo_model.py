@@ -205,7 +205,7 @@ def test_text2image_post_selection_keeps_the_best_draws_first():
     assert none is None and len(unranked) == 2
 
 
-def test_binding_probe_finds_the_shipped_model_bound_and_wrong_captions_distinct(tmp_path):
+def test_binding_probe_finds_the_shipped_model_bound_and_wrong_captions_distinct():
     """demo/binding.py: on training-split two-object scenes the shipped model prefers the true
     caption to the inverted relation and to the swapped colours, in both directions and both
     languages; its wrong captions change exactly one attribute."""
