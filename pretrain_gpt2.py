@@ -26,7 +26,14 @@ from training.checkpointing import (
     load_training_checkpoint,
     save_training_checkpoint,
 )
-from training.distributed import any_rank, first_message, init_distributed, set_random_seed, setup_device
+from training.distributed import (
+    any_rank,
+    end_distributed,
+    first_message,
+    init_distributed,
+    set_random_seed,
+    setup_device,
+)
 from training.logging import TrainLogger
 from training.loop import BatchStream, PeerLost, Trainer, TrainingStopped, TrainState
 from training.model import get_model, init_position_table
@@ -205,9 +212,12 @@ def _train(args, device, save_root: Optional[str]) -> TrainResult:
 def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry: every error (bad flags, data or checkpoint, a failed save, a stop by
     a signal) is one line on stderr and a non-zero exit code."""
+    every_rank_here = False  # a finished run or an agreed stop: every rank ends at the same point
     try:
         run(argv)
+        every_rank_here = True
     except TrainingStopped as exc:  # raised by every rank with the same words: rank 0 says them,
+        every_rank_here = not isinstance(exc, PeerLost)
         if _rank() == 0 or isinstance(exc, PeerLost):  # or every survivor of a lost rank
             print(exc, file=sys.stderr, flush=True)
         return exc.exit_code
@@ -222,8 +232,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("pretrain_gpt2.py: interrupted; the last checkpoint saved is kept", file=sys.stderr, flush=True)
         return 130
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        end_distributed(every_rank_here)
     return 0
 
 

@@ -6,6 +6,7 @@ same command trains on a laptop, on CPU nodes and on GPUs.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import re
@@ -48,6 +49,22 @@ def init_distributed(args, device: torch.device) -> None:
             f"world size {args.world_size} is not divisible by --model-parallel-size {args.model_parallel_size}"
         )
     mpu.initialize_model_parallel(args.model_parallel_size)
+
+
+def end_distributed(every_rank_here: bool) -> None:
+    """Tear torch.distributed down before the interpreter does. When every rank ends at the
+    same point (a finished run, an agreed stop) they first wait for each other, so no rank
+    closes its connections while another still uses them; then the objects that hold the
+    groups (the mpu globals, a DeepSpeed engine kept alive by reference cycles) are freed and
+    the groups destroyed. A gloo rank torn down at interpreter exit instead can abort with
+    "terminate called without an active exception" after a run that finished."""
+    if not dist.is_initialized():
+        return
+    if every_rank_here:
+        dist.barrier()
+    mpu.destroy_model_parallel()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def set_random_seed(seed: int) -> None:
