@@ -24,11 +24,32 @@ def dense_attention(
     dropout_p: float = 0.0,
     pb_relax_alpha: Optional[float] = None,
 ) -> torch.Tensor:
-    """Softmax attention; SDPA unless the PB-relax form is asked for."""
+    """Softmax attention; SDPA unless the PB-relax form is asked for or one query decodes."""
+    if pb_relax_alpha is None and q.size(-2) == 1 and dropout_p == 0.0 and q.dtype in ONE_QUERY_DTYPES:
+        return one_query_attention(q, k, v, mask)
     if pb_relax_alpha is None:
         attn_mask, is_causal = mask.sdpa_args(q.device, q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)
     return explicit_attention(q, k, v, mask.dense(q.device, q.dtype), dropout_p, pb_relax_alpha)
+
+
+# float16 keeps SDPA: its product q k^T can overflow where bfloat16's range cannot
+ONE_QUERY_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
+    """A decoding step's attention as two products and a float32 softmax.
+
+    SDPA's fused CPU kernel splits one query's keys between threads, so in float32 its
+    sum order, and the last bit of the logits, follow the thread count; the sampler
+    changes that count between steps (generation/threads.py), and a seed must still
+    give one image.  Plain products are the same on any count, at about the same speed.
+    """
+    attn_mask, _ = mask.sdpa_args(q.device, q.dtype)  # causal over one query and one key sees it
+    scores = torch.matmul(q * (1.0 / math.sqrt(q.size(-1))), k.transpose(-1, -2))
+    if attn_mask is not None:
+        scores = scores + attn_mask
+    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype), v)
 
 
 def explicit_attention(

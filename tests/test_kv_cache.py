@@ -93,6 +93,22 @@ def test_sdpa_path_equals_the_original_formula(mask_arg, q, mem):
     torch.testing.assert_close(fast, slow, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("mask_arg,mem", [(0, 9), (0, 0), (3, 6), ("random", 12)])
+def test_one_query_attention_equals_the_original_formula(dtype, tol, mask_arg, mem):
+    """A decoding step (one query) takes the plain-products path in float32 and bfloat16."""
+    torch.manual_seed(0)
+    qt, kt, vt = torch.randn(2, 3, 1, 8), torch.randn(2, 3, 1 + mem, 8), torch.randn(2, 3, 1 + mem, 8)
+    if mask_arg == "random":
+        mask_arg = (torch.rand(1, 1, 1, 1 + mem) > 0.3).float()
+        mask_arg[..., 0] = 1
+    mask = build_attention_mask(mask_arg, 1, mem)
+    fast = dense_attention(qt.to(dtype), kt.to(dtype), vt.to(dtype), mask)
+    slow = explicit_attention(qt.double(), kt.double(), vt.double(), mask.dense(qt.device, torch.float64))
+    assert fast.dtype == dtype
+    torch.testing.assert_close(fast.double(), slow, atol=tol, rtol=tol)
+
+
 def test_sep_mask_layout():
     mask = build_attention_mask(2, 4, 3).dense(torch.device("cpu"))[0, 0]
     expected = torch.tensor(
