@@ -15,7 +15,7 @@ import torch
 from arch import GPT2Config, GPT2Model, save_checkpoint, split_model_parallel_state
 from arch.convert_checkpoint import convert_checkpoint
 from arch.lean_load import build_inference_model, load_model_weights
-from arch.quantize import quantize_rows
+from arch.quantize import quantize_layers_, quantize_rows
 from generation.threads import StepThreads
 
 from .conftest import fixture_path
@@ -269,8 +269,6 @@ def test_decoding_logits_do_not_depend_on_the_thread_count(dtype, weights):
     """The sampler switches thread counts between steps: a seed must still give one image
     (12 steps: SDPA's fused float32 kernel already differs in the last bit at 8 keys on
     some CPUs, which the one-query attention avoids)."""
-    from arch.quantize import quantize_layers_
-
     model = random_model(config(layers=2, hidden=64, heads=4, vocab=128, positions=32), dtype)
     if weights == "int8":
         quantize_layers_(model, dtype)
